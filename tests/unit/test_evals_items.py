@@ -153,3 +153,20 @@ def test_jsonl_reader_reports_bad_lines(monkeypatch):
     with pytest.raises(DataError, match="duplicate ids"):
         items_mod._read_jsonl("instructions.jsonl")
     items_mod._read_jsonl.cache_clear()
+
+
+GOLD = {
+    "if-format-14": "i sleep late and then walk to the market. in the afternoon i read in the park.",
+    "if-format-26": "In simple terms a volcano is an opening in the ground where molten rock escapes. That is all.",
+    "if-format-33": '"The library was silent. Only the pages turned."',
+    "if-language-07": "l'eau est essentielle pour la vie parce que toutes les cellules en ont besoin.",
+    "if-language-08": "* El jaguar\n* El mono\n* La serpiente",
+    "if-combined-01": "fresh bread every morning and warm croissants all day so come visit us",
+    "if-combined-03": "<<the quiet moon>>\nthe moon climbs slowly over the sleeping hills",
+}
+
+
+@pytest.mark.parametrize("item_id", sorted(GOLD))
+def test_shipped_instructions_are_satisfiable(item_id):
+    item = {it.id: it for it in load_instructions()}[item_id]
+    assert all(check_response(GOLD[item_id], item.checks, item.id).values())
