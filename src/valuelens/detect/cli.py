@@ -1,0 +1,192 @@
+"""``valuelens detect …``: download data, train, evaluate, compare methods, predict."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+
+DEFAULT_DATA_HELP = ("folder with the official ValueEval'23 TSV files (default: $VALUELENS_DATA/valueeval23, "
+                     "~/.cache/valuelens/data/valueeval23, or ../shared/data/valueeval23 when present)")
+
+
+def _data_dir(data: str | None) -> Path:
+    from .data import default_data_dir
+
+    if data:
+        return Path(data).expanduser()
+    d = default_data_dir()
+    if (d / "arguments-training.tsv").exists():
+        return d
+    shared = Path.cwd().parent / "shared" / "data" / "valueeval23"
+    if (shared / "arguments-training.tsv").exists():
+        return shared
+    return d
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def detect() -> None:
+    """Detect the 20 ValueEval'23 value categories (and the 10 Schwartz values) in arguments and text.
+
+    Typical use: `valuelens detect train --out runs/minilm` then
+    `valuelens detect predict --model runs/minilm/model --input args.tsv --output run.tsv`.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@detect.command("download")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="target folder (default ~/.cache/valuelens/data/valueeval23)")
+def download_cmd(dest: str | None) -> None:
+    """Download the official ValueEval'23 training/validation files from Zenodo and verify their sha256."""
+    from .data import download
+
+    out = download(dest)
+    click.echo(str(out))
+
+
+def _train_options(f: Any) -> Any:
+    opts = [
+        click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP),
+        click.option("--encoder", default="minilm", show_default=True,
+                     help="minilm, mpnet, e5-small, a Hugging Face model id or a local folder"),
+        click.option("--epochs", type=int, default=4, show_default=True),
+        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option("--lr", type=float, default=5e-5, show_default=True),
+        click.option("--head-lr", type=float, default=None, help="learning rate of the head (default: --lr)"),
+        click.option("--max-len", type=int, default=128, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--loss", type=click.Choice(["bce", "bce-pos", "focal"]), default="bce", show_default=True),
+        click.option("--train-layers", type=int, default=None,
+                     help="train only the top k encoder layers (0 = frozen encoder; default all)"),
+        click.option("--bf16/--no-bf16", default=False, show_default=True,
+                     help="bfloat16 autocast on CPU (about 2x faster, same F1)"),
+        click.option("--patience", type=int, default=2, show_default=True, help="early-stopping patience (epochs)"),
+        click.option("--thresholds", "threshold_source", type=click.Choice(["heldout", "validation", "crossfit", "none"]),
+                     default="heldout", show_default=True,
+                     help="where per-category thresholds (and early stopping) are tuned: held-out 10%% of "
+                          "training (honest), validation (paper setup, optimistic), crossfit, or none (0.5)"),
+        click.option("--max-train", type=int, default=None, help="use only the first N training arguments"),
+        click.option("--checkpoint-every", type=int, default=0, show_default=True,
+                     help="also checkpoint every N steps inside an epoch"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@detect.command("train")
+@_train_options
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="run folder (checkpoints; the final detector goes to OUT/model). Rerun to resume.")
+@click.option("--eval-split", default="validation", show_default=True, help="split scored at the end")
+@click.option("--prompt-len", type=int, default=0, help="soft-prompt tokens (prompt tuning; use with --train-layers 0)")
+@click.option("--template", default=None, help='hard template, e.g. "{text} The value behind this is {mask}."')
+@click.option("--pooling", type=click.Choice(["mean", "cls", "mask"]), default="mean", show_default=True)
+def train_cmd(data: str | None, out: str, eval_split: str, **kw: Any) -> None:
+    """Fine-tune an encoder (or prompt-tune a frozen one) on the training split; resumable."""
+    from .data import load_split
+    from .finetune import TrainConfig, train_detector
+
+    folder = _data_dir(data)
+    cfg = TrainConfig(**kw)
+    train = load_split(folder, "training")
+    valid = load_split(folder, eval_split)
+    res = train_detector(train, valid, cfg, out, log=_echo)
+    s = res.scores
+    _echo(f"{eval_split}: macro P {s['precision']:.4f} R {s['recall']:.4f} F1 {s['f1']:.4f} "
+          f"(thresholds: {s['main']}); validation-tuned F1 {s['validation_tuned']['f1']:.4f}, "
+          f"crossfit F1 {s['crossfit']['f1']:.4f}; {res.train_seconds / 60:.1f} min training")
+    click.echo(str(Path(out) / "model"))
+
+
+@detect.command("evaluate")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="trained detector folder")
+@click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
+@click.option("--split", default="validation", show_default=True)
+@click.option("--bf16/--no-bf16", default=False)
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also write the scores as JSON")
+def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_out: str | None) -> None:
+    """Score a trained detector on a labelled split with the official measure."""
+    from ..runio import atomic_write_json
+    from .data import load_split
+    from .finetune import ValueDetector, crossfit_scores
+    from .measure import apply_thresholds, evaluate, tune_thresholds
+
+    det = ValueDetector.from_pretrained(model_dir)
+    sp = load_split(_data_dir(data), split)
+    assert sp.labels is not None
+    probs = det.predict_proba(sp.texts(), bf16=bf16, progress=True)
+    saved = evaluate(sp.labels, apply_thresholds(probs, det.thresholds))
+    tuned = evaluate(sp.labels, apply_thresholds(probs, tune_thresholds(probs, sp.labels)))
+    cross = crossfit_scores(probs, sp.labels)
+    click.echo(f"{split} (saved thresholds): P {saved.precision:.4f} R {saved.recall:.4f} F1 {saved.f1:.4f}")
+    click.echo(f"{split} (crossfit thresholds): F1 {cross.f1:.4f}; (tuned on {split} itself, optimistic): "
+               f"F1 {tuned.f1:.4f}")
+    for c, d in saved.per_category.items():
+        click.echo(f"  {c:28s} P {d['precision']:.3f} R {d['recall']:.3f} F1 {d['f1']:.3f} n={d['support']}")
+    if json_out:
+        atomic_write_json(json_out, {"saved": saved.as_dict(), "crossfit": cross.as_dict(),
+                                     "self_tuned": tuned.as_dict()})
+
+
+@detect.command("compare")
+@click.option("--methods", default="all-ones,tfidf,finetune", show_default=True,
+              help="comma-separated: all-ones, tfidf, finetune, finetune-top2, soft-prompt, hard-template, "
+                   "llm-zero, llm-few, llm-cot (LLM methods need --llm)")
+@click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
+@click.option("--split", default="validation", show_default=True, help="evaluation split")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="output folder (resumable)")
+@click.option("--encoder", default="minilm", show_default=True)
+@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--bf16/--no-bf16", default=True, show_default=True)
+@click.option("--max-train", type=int, default=None, help="use only the first N training arguments")
+@click.option("--max-eval", type=int, default=None, help="score only the first N evaluation arguments")
+@click.option("--llm", "llm_spec", default=None, help="LLM backend, e.g. local:smollm2 or openai:URL#model")
+def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: str, epochs: int, bf16: bool,
+                max_train: int | None, max_eval: int | None, llm_spec: str | None) -> None:
+    """Train and evaluate several methods on the same split; write one table (CSV, Markdown, PNG)."""
+    from .compare import compare
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--methods is empty")
+    table = compare(names, split, out, data_dir=_data_dir(data), encoder=encoder, epochs=epochs, bf16=bf16,
+                    max_train=max_train, max_eval=max_eval, llm_spec=llm_spec, log=_echo)
+    click.echo(table)
+
+
+@detect.command("predict")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="trained detector folder")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="arguments TSV (official layout) or JSONL with a text field")
+@click.option("--output", type=click.Path(dir_okay=False), required=True,
+              help="run file TSV (for a TSV input) or JSONL (for a JSONL input)")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text")
+@click.option("--bf16/--no-bf16", default=False)
+def predict_cmd(model_dir: str, input_path: str, output: str, text_field: str, bf16: bool) -> None:
+    """Write an official run file for an arguments TSV, or score free text (JSONL in, JSONL out)."""
+    from .finetune import ValueDetector
+    from .predict import predict_jsonl, write_run_file
+
+    det = ValueDetector.from_pretrained(model_dir)
+    if input_path.endswith((".jsonl", ".json")):
+        n = predict_jsonl(det, input_path, output, text_field=text_field, bf16=bf16)
+    else:
+        n = write_run_file(det, input_path, output, bf16=bf16)
+    _echo(f"wrote {n} rows to {output}")
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))

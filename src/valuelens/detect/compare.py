@@ -1,0 +1,219 @@
+"""Train and evaluate several detection methods on the same split; one table (CSV, Markdown, bar chart).
+
+Each method writes ``<out>/<method>/result.json`` when it has finished; a rerun skips finished methods and
+resumes an interrupted neural one from its checkpoint. The table has, per method: the official macro
+precision/recall/F1 with *honest* thresholds (never tuned on the evaluation split), the F1 with thresholds
+tuned on the evaluation split itself (the paper's setup, optimistic), per-category F1, training time and
+inference throughput.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from ..runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, write_manifest
+from ..values import VALUEEVAL_CATEGORIES
+from .data import ValueEvalSplit, load_split
+from .measure import apply_thresholds, evaluate, tune_thresholds
+
+__all__ = ["METHODS", "compare", "render_table"]
+
+METHODS: dict[str, str] = {
+    "all-ones": "predict every category (official lower bound)",
+    "tfidf": "TF-IDF 1-2-grams + logistic regression, thresholds from grouped out-of-fold training predictions",
+    "finetune": "full fine-tuning of the encoder, mean pooling, linear head; thresholds on held-out training",
+    "finetune-top2": "fine-tuning of the top 2 encoder layers only",
+    "soft-prompt": "prompt tuning: 20 soft-prompt vectors + head, frozen encoder",
+    "hard-template": "prompt tuning: hard template, head on the mask token, frozen encoder",
+    "llm-zero": "instruction-tuned LLM, zero-shot",
+    "llm-few": "instruction-tuned LLM, few-shot (3 examples)",
+    "llm-cot": "instruction-tuned LLM, zero-shot with step-by-step reasoning",
+}
+
+
+def _row(name: str, gold: np.ndarray, pred: np.ndarray, probs: np.ndarray | None, train_s: float,
+         infer_s: float, extra: dict[str, Any]) -> dict[str, Any]:
+    s = evaluate(gold, pred)
+    tuned_f1 = s.f1
+    if probs is not None:
+        tuned_f1 = evaluate(gold, apply_thresholds(probs, tune_thresholds(probs, gold))).f1
+    return {"method": name, "precision": s.precision, "recall": s.recall, "f1": s.f1,
+            "f1_eval_tuned": tuned_f1, "train_seconds": train_s,
+            "inference_per_second": len(gold) / max(infer_s, 1e-9), "n_eval": len(gold),
+            "per_category_f1": {c: d["f1"] for c, d in s.per_category.items()}, **extra}
+
+
+def _neural(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path, *, encoder: str, epochs: int,
+            bf16: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from .finetune import TrainConfig, ValueDetector, train_detector
+    from .prompt_tune import hard_template_config, soft_prompt_config
+
+    base = TrainConfig(encoder=encoder, epochs=epochs, bf16=bf16)
+    cfg = {"finetune": base, "finetune-top2": replace(base, train_layers=2, lr=1e-4),
+           "soft-prompt": soft_prompt_config(base), "hard-template": hard_template_config(base)}[method]
+    res = train_detector(train, valid, cfg, folder / "run", log=log)
+    det = ValueDetector.from_pretrained(folder / "run" / "model")
+    t0 = time.time()
+    probs = det.predict_proba(valid.texts(), bf16=bf16)
+    infer = time.time() - t0
+    assert valid.labels is not None
+    return _row(method, valid.labels, apply_thresholds(probs, det.thresholds), probs, res.train_seconds, infer,
+                {"config": asdict(cfg), "model": str(folder / "run" / "model")})
+
+
+def _llm(method: str, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
+         log: Callable[[str], None]) -> dict[str, Any]:
+    if not llm_spec:
+        raise ConfigError(f"method {method!r} needs --llm (e.g. local:smollm2 or openai:http://HOST/v1#model)")
+    try:
+        from .llm import LLMDetector, make_backend
+    except ImportError as exc:
+        raise ModelError(f"method {method!r} needs valuelens.detect.llm, which is not available yet ({exc})") from None
+    shots = 3 if method == "llm-few" else 0
+    det = LLMDetector(make_backend(llm_spec), shots=shots, cot=method == "llm-cot")
+    # Per-argument cache so an interrupted LLM run resumes where it stopped.
+    from ..runio import JsonlWriter
+
+    cache = folder / "predictions.jsonl"
+    done = {r["id"]: r["labels"] for r in read_jsonl(cache)}
+    todo = [a for a in valid.arguments if a.id not in done]
+    t0 = time.time()
+    with JsonlWriter(cache) as w:
+        for s in range(0, len(todo), 8):
+            chunk = todo[s:s + 8]
+            pred = np.asarray(det.predict(chunk))
+            for a, row in zip(chunk, pred, strict=True):
+                done[a.id] = [int(v) for v in row]
+                w.write({"id": a.id, "labels": done[a.id]})
+            log(f"{method}: {len(done)}/{len(valid)}")
+    infer = time.time() - t0
+    pred = np.array([done[a.id] for a in valid.arguments], dtype=np.int64)
+    assert valid.labels is not None
+    n_new = max(len(todo), 1)
+    row = _row(method, valid.labels, pred, None, 0.0, infer, {"describe": det.describe()})
+    row["inference_per_second"] = n_new / max(infer, 1e-9) if todo else float("nan")
+    return row
+
+
+def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: str | Path,
+            encoder: str = "minilm", epochs: int = 4, bf16: bool = True, max_train: int | None = None,
+            max_eval: int | None = None, llm_spec: str | None = None,
+            log: Callable[[str], None] | None = None) -> str:
+    """Run every method in ``methods`` on ``split`` and write ``results.csv``, ``results.md``,
+    ``results.png`` and ``manifest.json`` into ``out_dir``. Returns the Markdown table."""
+    say = log or (lambda s: None)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_split(data_dir, "training").head(max_train)
+    valid = load_split(data_dir, split).head(max_eval)
+    assert train.labels is not None and valid.labels is not None
+    rows: list[dict[str, Any]] = []
+    for m in methods:
+        folder = out / m
+        result = folder / "result.json"
+        if result.exists():
+            import json
+
+            say(f"{m}: already finished, not retrained")
+            rows.append(json.loads(result.read_text()))
+            continue
+        say(f"{m}: {METHODS[m]}")
+        if m == "all-ones":
+            from .baselines import AllOnes
+
+            t0 = time.time()
+            pred = AllOnes().predict(valid.arguments)
+            row = _row(m, valid.labels, pred, None, 0.0, time.time() - t0, {})
+        elif m == "tfidf":
+            from .baselines import TfidfLogReg
+
+            t0 = time.time()
+            model = TfidfLogReg().fit(train.arguments, train.labels)
+            train_s = time.time() - t0
+            t0 = time.time()
+            probs = model.predict_proba(valid.arguments)
+            row = _row(m, valid.labels, apply_thresholds(probs, model.thresholds), probs, train_s,
+                       time.time() - t0, {"describe": model.describe()})
+        elif m.startswith("llm-"):
+            row = _llm(m, valid, folder, llm_spec, say)
+        else:
+            row = _neural(m, train, valid, folder, encoder=encoder, epochs=epochs, bf16=bf16, log=say)
+        row["description"] = METHODS[m]
+        atomic_write_json(result, row)
+        say(f"{m}: macro F1 {row['f1']:.4f} (P {row['precision']:.4f}, R {row['recall']:.4f})")
+        rows.append(row)
+    md = render_table(rows)
+    atomic_write_text(out / "results.md", md)
+    _write_csv(out / "results.csv", rows)
+    _plot(out / "results.png", rows, split)
+    write_manifest(out, stage="detect-compare", config={
+        "methods": methods, "split": split, "data_dir": str(data_dir), "encoder": encoder, "epochs": epochs,
+        "bf16": bf16, "max_train": max_train, "max_eval": max_eval, "llm": llm_spec,
+        "n_train": len(train), "n_eval": len(valid)})
+    return md
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per method; per-category F1 in a second table (20 columns do not fit in one)."""
+    head = ["method", "macro P", "macro R", "macro F1", "F1 (eval-tuned)", "train s", "infer/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["method"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]),
+                                         _fmt(r["f1_eval_tuned"]), f"{r['train_seconds']:.0f}",
+                                         f"{r['inference_per_second']:.1f}"]) + " |")
+    lines += ["", "Per-category F1:", "", "| category | " + " | ".join(r["method"] for r in rows) + " |",
+              "|" + "---|" * (len(rows) + 1)]
+    for c in VALUEEVAL_CATEGORIES:
+        lines.append(f"| {c} | " + " | ".join(_fmt(r["per_category_f1"].get(c, float("nan"))) for r in rows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    flat = []
+    for r in rows:
+        d = {k: r[k] for k in ("method", "precision", "recall", "f1", "f1_eval_tuned", "train_seconds",
+                               "inference_per_second", "n_eval")}
+        d.update({f"f1:{c}": r["per_category_f1"].get(c) for c in VALUEEVAL_CATEGORIES})
+        flat.append(d)
+    atomic_write_text(path, pd.DataFrame(flat).to_csv(index=False))
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 3.8))
+    x = np.arange(len(rows))
+    w = 0.27
+    for k, (key, lab) in enumerate((("precision", "macro P"), ("recall", "macro R"), ("f1", "macro F1"))):
+        ax.bar(x + (k - 1) * w, [r[key] for r in rows], w, label=lab)
+    ax.set_xticks(x, [r["method"] for r in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("official measure")
+    ax.set_title(f"ValueEval'23 {split}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -1,0 +1,607 @@
+"""Fine-tune an encoder for the 20 ValueEval'23 categories (multi-label), save it, load it back.
+
+Model: any Hugging Face encoder (``AutoModel``) → pooled vector (mean over tokens by default, or the hidden
+state at the ``[MASK]`` token of a hard template) → dropout → linear layer to 20 logits. Optional: a trainable
+soft prompt prepended to the token embeddings, a frozen encoder, or training only its top ``k`` layers (see
+:mod:`.prompt_tune`, which reuses this class).
+
+A saved detector is a folder::
+
+    detector.json        config (encoder name, pooling, template, max_len, categories, training summary)
+    encoder/             the (fine-tuned) encoder and tokenizer, ``save_pretrained`` format
+    head.safetensors     head (and soft prompt) weights
+    thresholds.json      per-category decision thresholds, and how they were tuned
+
+and loads with :meth:`ValueDetector.from_pretrained` (``ValueDetector.from_pretrained(folder)``).
+
+Honest thresholds: by default a held-out part of *training* (grouped by conclusion, like the official
+splits) is used for early stopping and threshold tuning, so the validation score is not tuned on itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+from ..runio import atomic_path, atomic_write_json, file_sha256
+from ..values import VALUEEVAL_CATEGORIES
+from .data import ValueEvalSplit
+from .encoders import resolve_encoder
+from .measure import Scores, apply_thresholds, evaluate, tune_thresholds
+
+__all__ = ["TrainConfig", "ValueDetector", "heldout_split", "predict_proba", "train_detector"]
+
+N_CAT = len(VALUEEVAL_CATEGORIES)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved in the checkpoint and the detector folder)."""
+
+    encoder: str = "minilm"
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float | None = None  # defaults to lr; prompt tuning wants a much larger one
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps with linear warm-up
+    max_len: int = 128
+    seed: int = 0
+    dropout: float = 0.1
+    loss: str = "bce"  # bce | bce-pos (positive weights sqrt(neg/pos)) | focal
+    pooling: str = "mean"  # mean | cls | mask
+    template: str | None = None  # e.g. "{text} The value behind this is {mask}."
+    prompt_len: int = 0  # soft prompt tokens (0 = none)
+    train_layers: int | None = None  # None = all; 0 = frozen encoder; k = top k layers
+    bf16: bool = False
+    patience: int = 2  # early stopping: epochs without dev macro-F1 gain
+    threshold_source: str = "heldout"  # heldout | validation | crossfit | none (0.5)
+    heldout_frac: float = 0.1
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of epoch only)
+    max_train: int | None = None  # use only the first n training arguments (tests, quick looks)
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.loss not in ("bce", "bce-pos", "focal"):
+            raise ConfigError(f"unknown loss {self.loss!r}; choose bce, bce-pos or focal")
+        if self.pooling not in ("mean", "cls", "mask"):
+            raise ConfigError(f"unknown pooling {self.pooling!r}; choose mean, cls or mask")
+        if self.pooling == "mask" and not self.template:
+            raise ConfigError("pooling 'mask' needs a --template containing {mask}")
+        if self.template and ("{text}" not in self.template):
+            raise ConfigError(f"template must contain {{text}}: {self.template!r}")
+        if self.threshold_source not in ("heldout", "validation", "crossfit", "none"):
+            raise ConfigError(f"unknown threshold source {self.threshold_source!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.max_len < 8:
+            raise ConfigError("epochs and batch size must be >= 1, max_len >= 8")
+
+
+class ValueDetector(nn.Module):
+    """Encoder + pooling + linear multi-label head (+ optional soft prompt), with per-category thresholds."""
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, *, pooling: str = "mean", template: str | None = None,
+                 prompt_len: int = 0, dropout: float = 0.1, max_len: int = 128, prefix: str = "",
+                 encoder_name: str = "", categories: Sequence[str] = VALUEEVAL_CATEGORIES) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.template = template
+        self.max_len = max_len
+        self.prefix = prefix
+        self.encoder_name = encoder_name
+        self.categories = list(categories)
+        hidden = int(encoder.config.hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, len(self.categories))
+        self.prompt_len = prompt_len
+        if prompt_len > 0:
+            emb = encoder.get_input_embeddings().weight
+            # Initialise the soft prompt from real token embeddings (Lester et al. 2021: better than random).
+            g = torch.Generator().manual_seed(1234)
+            idx = torch.randint(1000, min(emb.shape[0], 20000), (prompt_len,), generator=g)
+            self.soft_prompt = nn.Parameter(emb[idx].detach().clone())
+        else:
+            self.register_parameter("soft_prompt", None)
+        self.thresholds = np.full(len(self.categories), 0.5)
+        self.info: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- building and loading
+
+    @classmethod
+    def build(cls, encoder: str, **kwargs: Any) -> ValueDetector:
+        """A fresh detector on top of a pre-trained encoder (short name, hub id or folder)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        spec = resolve_encoder(encoder)
+        try:
+            tok = AutoTokenizer.from_pretrained(spec.path)
+            enc = AutoModel.from_pretrained(spec.path, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load encoder {encoder!r} from {spec.path}: {str(exc).splitlines()[0]}") from None
+        return cls(enc, tok, prefix=spec.prefix, encoder_name=spec.name, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str]) -> ValueDetector:
+        """Load a detector saved by :meth:`save_pretrained`."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder).expanduser()
+        cfg_path = folder / "detector.json"
+        if not cfg_path.exists():
+            raise ModelError(f"{folder}: not a valuelens detector folder (no detector.json)")
+        cfg = json.loads(cfg_path.read_text())
+        tok = AutoTokenizer.from_pretrained(folder / "encoder")
+        enc = AutoModel.from_pretrained(folder / "encoder", dtype=torch.float32)
+        det = cls(enc, tok, pooling=cfg["pooling"], template=cfg.get("template"), prompt_len=cfg.get("prompt_len", 0),
+                  max_len=cfg["max_len"], prefix=cfg.get("prefix", ""), encoder_name=cfg.get("encoder", ""),
+                  categories=cfg["categories"])
+        sd = load_file(str(folder / "head.safetensors"))
+        det.head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})
+        if det.soft_prompt is not None:
+            det.soft_prompt.data.copy_(sd["soft_prompt"])
+        th = json.loads((folder / "thresholds.json").read_text())
+        det.thresholds = np.array([th["thresholds"][c] for c in det.categories], dtype=np.float64)
+        det.info = cfg.get("info", {})
+        det.eval()
+        return det
+
+    def save_pretrained(self, folder: str | os.PathLike[str], *, threshold_info: dict[str, Any] | None = None
+                        ) -> Path:
+        """Write the detector folder (each file atomically)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(folder / "encoder")
+        self.tokenizer.save_pretrained(folder / "encoder")
+        tensors = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        if self.soft_prompt is not None:
+            tensors["soft_prompt"] = self.soft_prompt.detach().contiguous()
+        with atomic_path(folder / "head.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(folder / "thresholds.json", {
+            "thresholds": {c: float(t) for c, t in zip(self.categories, self.thresholds, strict=True)},
+            **(threshold_info or {}),
+        })
+        atomic_write_json(folder / "detector.json", {
+            "format": "valuelens-detector/1", "encoder": self.encoder_name, "pooling": self.pooling,
+            "template": self.template, "prompt_len": self.prompt_len, "max_len": self.max_len,
+            "prefix": self.prefix, "categories": self.categories, "info": self.info,
+            "loader": "valuelens.detect.finetune.ValueDetector.from_pretrained(folder)",
+        })
+        return folder
+
+    # ---------------------------------------------------------------- forward
+
+    def render(self, text: str) -> str:
+        """Text as fed to the tokenizer: encoder prefix and optional hard template."""
+        if self.template:
+            mask = self.tokenizer.mask_token or "[MASK]"
+            text = self.template.replace("{text}", text).replace("{mask}", mask)
+        return self.prefix + text
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        rendered = [self.render(t) for t in texts]
+        if self.template and "{mask}" in self.template:
+            # Truncate the argument, not the template, so the [MASK] token is never cut off.
+            rendered = [self._fit_template(t) for t in texts]
+        return self.tokenizer(rendered, padding=True, truncation=True, max_length=self.max_len - self.prompt_len,
+                              return_tensors="pt")
+
+    def _fit_template(self, text: str) -> str:
+        assert self.template is not None
+        budget = self.max_len - self.prompt_len - 2
+        empty = len(self.tokenizer.tokenize(self.render("")))
+        ids = self.tokenizer.tokenize(text)
+        if len(ids) + empty > budget:
+            text = self.tokenizer.convert_tokens_to_string(ids[: max(budget - empty, 1)])
+        return self.render(text)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+        """Logits ``[B, C]``."""
+        if self.soft_prompt is not None:
+            emb = self.encoder.get_input_embeddings()(input_ids)
+            b = input_ids.shape[0]
+            # Insert the prompt right after the first ([CLS]/<s>) token so that token keeps its role.
+            sp = self.soft_prompt.to(emb.dtype).unsqueeze(0).expand(b, -1, -1)
+            emb = torch.cat([emb[:, :1], sp, emb[:, 1:]], dim=1)
+            ones = attention_mask.new_ones((b, self.prompt_len))
+            mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+            out = self.encoder(inputs_embeds=emb, attention_mask=mask)
+            ids_for_mask = torch.cat([input_ids[:, :1], input_ids.new_zeros((b, self.prompt_len)),
+                                      input_ids[:, 1:]], dim=1)
+        else:
+            mask = attention_mask
+            out = self.encoder(input_ids=input_ids, attention_mask=mask)
+            ids_for_mask = input_ids
+        h = out.last_hidden_state
+        if self.pooling == "cls":
+            pooled = h[:, 0]
+        elif self.pooling == "mask":
+            mid = self.tokenizer.mask_token_id
+            where = (ids_for_mask == mid).float()
+            # Rows without a mask token (should not happen) fall back to the first token.
+            where[where.sum(1) == 0, 0] = 1.0
+            pooled = (h * where.unsqueeze(-1)).sum(1) / where.sum(1, keepdim=True)
+        else:
+            m = mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled.float()))
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int = 64, bf16: bool = False,
+                      progress: bool = False) -> np.ndarray:
+        """Probabilities ``[N, C]`` (sigmoid of the logits), batched by length for speed."""
+        return predict_proba(self, texts, batch_size=batch_size, bf16=bf16, progress=progress)
+
+    def predict(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
+        """0/1 labels ``[N, C]`` with the detector's per-category thresholds."""
+        return apply_thresholds(self.predict_proba(texts, **kw), self.thresholds)
+
+    def fingerprint(self) -> str:
+        """sha256 over head weights and thresholds (cheap identity for manifests)."""
+        h = hashlib.sha256()
+        for v in self.head.state_dict().values():
+            h.update(v.detach().cpu().numpy().tobytes())
+        h.update(np.asarray(self.thresholds, dtype=np.float64).tobytes())
+        return h.hexdigest()
+
+
+def predict_proba(model: ValueDetector, texts: Sequence[str], *, batch_size: int = 64, bf16: bool = False,
+                  progress: bool = False) -> np.ndarray:
+    """Batched inference; ``no_grad`` (not ``inference_mode``) so bf16 autocast can cache weight copies."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), len(model.categories)), dtype=np.float32)
+    starts = range(0, len(texts), batch_size)
+    with torch.no_grad():
+        for s in tqdm(starts, desc="predict", disable=not progress, leave=False):
+            idx = order[s:s + batch_size]
+            enc = model.tokenize([texts[i] for i in idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**enc)
+            out[idx] = torch.sigmoid(logits.float()).numpy()
+    model.train(was_training)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def heldout_split(split: ValueEvalSplit, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held-out) with whole conclusions held out (like the official splits, so no leakage)."""
+    conclusions = sorted({a.conclusion for a in split.arguments})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(conclusions)
+    n_hold = max(1, round(len(conclusions) * frac))
+    hold = set(conclusions[:n_hold])
+    is_hold = np.array([a.conclusion in hold for a in split.arguments])
+    return np.flatnonzero(~is_hold), np.flatnonzero(is_hold)
+
+
+def _freeze(model: ValueDetector, train_layers: int | None) -> None:
+    """Train all (None), none (0) or only the top ``k`` transformer layers of the encoder."""
+    if train_layers is None:
+        return
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    if train_layers <= 0:
+        return
+    layers = None
+    for attr in ("encoder.layer", "layers", "encoder.layers", "transformer.layer"):
+        obj: Any = model.encoder
+        try:
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        layers = obj
+        break
+    if layers is None:
+        raise ConfigError(f"--train-layers: cannot find the layer list of {type(model.encoder).__name__}")
+    for layer in list(layers)[-train_layers:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+
+
+def _loss_fn(kind: str, pos_weight: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if kind == "focal":
+        def focal(logits: torch.Tensor, y: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            p = torch.sigmoid(logits)
+            pt = p * y + (1 - p) * (1 - y)
+            return ((1 - pt) ** gamma * bce).mean()
+        return focal
+    pw = pos_weight if kind == "bce-pos" else None
+    return lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pw)
+
+
+def _save_checkpoint(path: Path, model: ValueDetector, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any]) -> None:
+    """Model + optimizer + RNG state as one safetensors file (atomic), metadata as JSON inside it."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().contiguous().clone()
+                                        for k, v in model.state_dict().items()}
+    opt_sd = opt.state_dict()
+    scalars: dict[str, Any] = {}
+    for pid, st in opt_sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.ndim > 0:
+                tensors[f"opt.{pid}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = float(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"state": json.dumps(state), "opt_scalars": json.dumps(scalars),
+            "opt_groups": json.dumps(opt_sd["param_groups"]), "sched": json.dumps(sched.state_dict())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _load_checkpoint(path: Path, model: ValueDetector, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LambdaLR) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    scalars = json.loads(meta["opt_scalars"])
+    groups = json.loads(meta["opt_groups"])
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for k, v in scalars.items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = torch.tensor(v)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    sched.load_state_dict(json.loads(meta["sched"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    return json.loads(meta["state"])
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_detector` returns; ``scores`` are on the evaluation split with the saved thresholds."""
+
+    model: ValueDetector
+    history: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    out_dir: Path | None = None
+
+
+def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainConfig, out_dir: str | os.PathLike[str],
+                   *, progress: bool = True, stop_after_steps: int | None = None,
+                   log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train (or resume) a detector; write ``out_dir/checkpoint.safetensors`` while training and the final
+    detector folder to ``out_dir/model``. ``valid`` is the evaluation split (labels required).
+
+    ``stop_after_steps`` stops after that many optimiser steps, leaving a checkpoint (used to test resuming).
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    if train.labels is None or valid.labels is None:
+        raise ConfigError("training and evaluation splits need labels")
+    say = log or (lambda s: None)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.safetensors"
+    cfg_path = out / "train_config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != asdict(config) and ckpt.exists():
+            raise ConfigError(f"{out} holds a checkpoint of a different configuration; use another --out "
+                              f"or delete {ckpt}")
+    atomic_write_json(cfg_path, asdict(config))
+
+    torch.manual_seed(config.seed)
+    train = train.head(config.max_train)
+    if config.threshold_source == "heldout":
+        tr_idx, dev_idx = heldout_split(train, config.heldout_frac, config.seed)
+        fit, dev = train.subset(tr_idx), train.subset(dev_idx)
+    else:
+        fit, dev = train, valid
+    assert fit.labels is not None and dev.labels is not None and valid.labels is not None
+
+    model = ValueDetector.build(config.encoder, pooling=config.pooling, template=config.template,
+                                prompt_len=config.prompt_len, dropout=config.dropout, max_len=config.max_len)
+    _freeze(model, config.train_layers)
+    model.info = {"train_config": asdict(config)}
+    head_params = list(model.head.parameters()) + ([model.soft_prompt] if model.soft_prompt is not None else [])
+    head_ids = {id(p) for p in head_params}
+    enc_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": head_params, "lr": config.head_lr or config.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": config.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(fit) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warm = max(1, int(total * config.warmup))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    y = torch.tensor(fit.labels, dtype=torch.float32)
+    pos = y.sum(0).clamp(min=1.0)
+    loss_fn = _loss_fn(config.loss, torch.sqrt((len(y) - pos) / pos))
+    texts = fit.texts()
+
+    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0,
+                             "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
+                             "done": False}
+    if ckpt.exists():
+        state = _load_checkpoint(ckpt, model, opt, sched)
+        say(f"resumed from {ckpt} at epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+    best_path = out / "best.safetensors"
+
+    steps_done_now = 0
+    while not state["done"] and state["epoch"] < config.epochs:
+        epoch = state["epoch"]
+        # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
+        perm = np.random.default_rng(config.seed * 1000 + epoch).permutation(len(fit))
+        model.train()
+        t0 = time.time()
+        bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        losses: list[float] = state.get("epoch_losses", [])
+        for b in range(state["step_in_epoch"], steps_per_epoch):
+            idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+            enc = model.tokenize([texts[i] for i in idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(**enc)
+            loss = loss_fn(logits.float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            state["step_in_epoch"] = b + 1
+            state["global_step"] += 1
+            steps_done_now += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            stop = stop_after_steps is not None and steps_done_now >= stop_after_steps
+            mid = config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0
+            if (stop or mid) and b + 1 < steps_per_epoch:
+                state["epoch_losses"] = losses
+                state["train_seconds"] += time.time() - t0
+                t0 = time.time()
+                _save_checkpoint(ckpt, model, opt, sched, state)
+            if stop and b + 1 < steps_per_epoch:
+                bar.close()
+                return TrainResult(model=model, history=state["history"], out_dir=out)
+        bar.close()
+        state["train_seconds"] += time.time() - t0
+        # End of epoch: score the dev set with thresholds tuned on it (the early-stopping criterion).
+        probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
+        th = tune_thresholds(probs, dev.labels)
+        dev_f1 = evaluate(dev.labels, apply_thresholds(probs, th)).f1
+        rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "first_loss": losses[0] if losses else float("nan"), "dev_f1_tuned": dev_f1,
+               "epoch_seconds": time.time() - t0 + 0.0, "train_seconds": state["train_seconds"]}
+        state["history"].append(rec)
+        say(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f}, dev macro-F1 {dev_f1:.4f} "
+            f"({state['train_seconds'] / 60:.1f} min so far)")
+        if dev_f1 > state["best_f1"]:
+            state["best_f1"], state["best_epoch"], state["bad_epochs"] = dev_f1, epoch + 1, 0
+            from safetensors.torch import save_file
+
+            with atomic_path(best_path) as tmp:
+                save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= config.patience:
+                say(f"early stop: no dev gain for {config.patience} epochs")
+                state["done"] = True
+        state["epoch"] = epoch + 1
+        state["step_in_epoch"] = 0
+        state["epoch_losses"] = []
+        _save_checkpoint(ckpt, model, opt, sched, state)
+        stop = stop_after_steps is not None and steps_done_now >= stop_after_steps
+        if stop and not state["done"] and state["epoch"] < config.epochs:
+            return TrainResult(model=model, history=state["history"], out_dir=out)
+
+    # Restore the best epoch, then fix thresholds and score the evaluation split.
+    from safetensors.torch import load_file
+
+    if best_path.exists():
+        model.load_state_dict(load_file(str(best_path)))
+    model.eval()
+    t_inf = time.time()
+    val_probs = predict_proba(model, valid.texts(), batch_size=config.eval_batch_size, bf16=config.bf16,
+                              progress=progress)
+    inf_seconds = time.time() - t_inf
+    scores, th, th_info = finalize_thresholds(model, config, dev, valid, val_probs)
+    model.thresholds = th
+    model.info.update({"history": state["history"], "best_epoch": state["best_epoch"],
+                       "train_seconds": state["train_seconds"], "scores": scores})
+    model.save_pretrained(out / "model", threshold_info=th_info)
+    np.save(out / "valid_probs.npy", val_probs)
+    scores["inference_per_second"] = len(valid) / max(inf_seconds, 1e-9)
+    atomic_write_json(out / "scores.json", scores)
+    return TrainResult(model=model, history=state["history"], scores=scores,
+                       train_seconds=state["train_seconds"], out_dir=out)
+
+
+def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEvalSplit, valid: ValueEvalSplit,
+                        val_probs: np.ndarray) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """Pick the saved thresholds and compute every honest/optimistic validation score.
+
+    Returns (scores dict, thresholds to save, threshold info for thresholds.json). Reported keys:
+    ``f1_at_0.5`` (no tuning), ``heldout`` (thresholds from held-out training, when available),
+    ``crossfit`` (tuned on one half of validation, applied to the other, both ways), and
+    ``validation_tuned`` (tuned and scored on validation: the paper's optimistic setup).
+    """
+    assert valid.labels is not None and dev.labels is not None
+    vy = valid.labels
+    out: dict[str, Any] = {"n_valid": len(valid)}
+    out["at_0.5"] = evaluate(vy, apply_thresholds(val_probs, 0.5)).as_dict()
+    th_val = tune_thresholds(val_probs, vy)
+    out["validation_tuned"] = evaluate(vy, apply_thresholds(val_probs, th_val)).as_dict()
+    out["crossfit"] = crossfit_scores(val_probs, vy, seed=config.seed).as_dict()
+    th_dev = None
+    if config.threshold_source == "heldout":
+        dev_probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
+        th_dev = tune_thresholds(dev_probs, dev.labels)
+        out["heldout"] = evaluate(vy, apply_thresholds(val_probs, th_dev)).as_dict()
+    choice = {"heldout": th_dev, "validation": th_val, "crossfit": th_val, "none": np.full(N_CAT, 0.5)}
+    th = choice[config.threshold_source]
+    assert th is not None
+    main_key = {"heldout": "heldout", "validation": "validation_tuned", "crossfit": "crossfit",
+                "none": "at_0.5"}[config.threshold_source]
+    out["main"] = main_key
+    out["precision"], out["recall"], out["f1"] = (out[main_key][k] for k in ("precision", "recall", "f1"))
+    info = {"source": config.threshold_source,
+            "tuned_on": {"heldout": f"{len(dev)} held-out training arguments (whole conclusions)",
+                         "validation": f"{len(valid)} validation arguments",
+                         "crossfit": f"{len(valid)} validation arguments (saved: tuned on all of them)",
+                         "none": "fixed 0.5"}[config.threshold_source]}
+    return out, np.asarray(th, dtype=np.float64), info
+
+
+def crossfit_scores(probs: np.ndarray, gold: np.ndarray, seed: int = 0) -> Scores:
+    """Tune thresholds on one random half and predict the other, both ways; score the combined predictions."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(gold))
+    a, b = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    pred = np.zeros_like(gold, dtype=np.int64)
+    pred[b] = apply_thresholds(probs[b], tune_thresholds(probs[a], gold[a]))
+    pred[a] = apply_thresholds(probs[a], tune_thresholds(probs[b], gold[b]))
+    return evaluate(gold, pred)
+
+
+def detector_hash(folder: str | os.PathLike[str]) -> str:
+    """sha256 over the files of a detector folder that determine its predictions."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for name in ("detector.json", "thresholds.json", "head.safetensors", "encoder/model.safetensors"):
+        p = folder / name
+        if p.exists():
+            h.update(name.encode())
+            h.update(file_sha256(p).encode())
+    return h.hexdigest()

@@ -1,0 +1,80 @@
+"""The detector judge: a trained value detector (``valuelens detect train``) labels texts for Schwartz values.
+
+Calibration: the detector has a tuned threshold per ValueEval category. A Schwartz value is expressed when
+any of its categories passes its own threshold, i.e. when ``margin = max_c (p_c − t_c) ≥ 0``. The judge's
+score maps that margin to [0, 1] so that 0.5 is exactly the decision boundary: ``score = p_c* / (2 t_c*)``
+below the threshold and ``0.5 + (p_c* − t_c*) / (2 (1 − t_c*))`` above it, for the category c* with the
+largest margin (a piecewise-linear recalibration that keeps the ranking of each category's probabilities).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..values import VALUE_NAMES, SchwartzValue, valueeval_to_schwartz_matrix
+from .base import Judge, JudgeResult, register_judge
+
+__all__ = ["DetectorJudge", "calibrated_value_scores"]
+
+
+def calibrated_value_scores(probs: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Category probabilities ``[N, 20]`` → (calibrated value scores ``[N, 10]``, expressed ``[N, 10]``)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)[None, :]
+    cal = np.where(probs < t, probs / (2 * t), 0.5 + (probs - t) / (2 * (1 - t)))  # [N, 20], 0.5 at threshold
+    m = valueeval_to_schwartz_matrix().astype(bool)
+    score = np.stack([cal[:, m[:, v]].max(1) for v in range(m.shape[1])], axis=1)
+    return score, score >= 0.5
+
+
+@register_judge("detector")
+class DetectorJudge(Judge):
+    """Judge backed by a trained :class:`~valuelens.detect.finetune.ValueDetector` folder.
+
+    ``model``: detector folder (default ``$VALUELENS_DETECTOR`` or ``~/.cache/valuelens/detectors/minilm-v1``).
+    ``use_context``: prepend the user query (``contexts``) to the response, as "conclusion / premise".
+    """
+
+    name = "detector"
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, batch_size: int = 64, bf16: bool = False,
+                 use_context: bool = False) -> None:
+        from ..detect.encoders import cache_dir
+        from ..detect.finetune import ValueDetector
+
+        path = Path(model or os.environ.get("VALUELENS_DETECTOR") or cache_dir() / "detectors" / "minilm-v1")
+        if not (path / "detector.json").exists():
+            raise ModelError(f"{path}: no trained detector there; train one with `valuelens detect train --out DIR` "
+                             f"and pass DIR/model")
+        self.path = path.expanduser()
+        self.detector = ValueDetector.from_pretrained(self.path)
+        self.batch_size = batch_size
+        self.bf16 = bf16
+        self.use_context = use_context
+
+    def judge_batch(self, texts: Sequence[str], values: Sequence[SchwartzValue],
+                    contexts: Sequence[str] | None = None) -> JudgeResult:
+        inputs = list(texts)
+        if self.use_context and contexts is not None:
+            inputs = [f"{c} / {t}" for c, t in zip(contexts, texts, strict=True)]
+        probs = (self.detector.predict_proba(inputs, batch_size=self.batch_size, bf16=self.bf16)
+                 if inputs else np.zeros((0, len(self.detector.categories))))
+        score, expressed = calibrated_value_scores(probs, self.detector.thresholds)
+        cols = [VALUE_NAMES.index(v.name) for v in values]
+        raw = [{"categories": dict(zip(self.detector.categories, map(float, p), strict=True))} for p in probs]
+        return JudgeResult(values=list(values), labels=expressed[:, cols].astype(bool), scores=score[:, cols],
+                           valid=np.ones((len(inputs), len(cols)), dtype=bool), raw=raw)
+
+    def describe(self) -> dict[str, Any]:
+        from ..detect.finetune import detector_hash
+
+        return {"name": self.name, "model": str(self.path), "sha256": detector_hash(self.path),
+                "encoder": self.detector.encoder_name,
+                "thresholds": dict(zip(self.detector.categories, map(float, self.detector.thresholds), strict=True)),
+                "calibration": "piecewise-linear, 0.5 = per-category tuned threshold; value = max over categories"}
