@@ -184,7 +184,7 @@ def _read_parquet(path: Path) -> list[_Row]:
 
 
 def _read_rows(path: str | Path) -> list[_Row]:
-    path = Path(path)
+    path = Path(path).expanduser()
     _check_file(path)
     suffix = path.suffix.lower()
     try:
@@ -357,7 +357,7 @@ def load_queries(
     if isinstance(source, str) and source.startswith("hf:"):
         label, rows = _hf_rows(source, split, limit)
     else:
-        path = data_path(QUERIES_FILE) if source is None else Path(source)
+        path = data_path(QUERIES_FILE) if source is None else Path(source).expanduser()
         if (
             isinstance(source, str)
             and not path.exists()
