@@ -1,0 +1,412 @@
+"""The only module that touches model internals: capture, add, ablate, scale neurons.
+
+Every intervention is a context manager that registers PyTorch hooks on the modules named by the architecture
+registry (:mod:`valuelens.models`) and removes them on exit, also when the body raises. They compose by
+nesting. All of them work during a plain forward pass, during prefill and at every decoding step of
+``model.generate`` with a KV cache, and on left-padded batches.
+
+Conventions:
+
+* "Residual stream at layer l" is the output of decoder layer l (after its attention and MLP blocks), i.e.
+  ``output_hidden_states[l + 1]``. Layers are 0-based; negative indices count from the end.
+* Neuron activations at layer l are the input of the MLP output projection (``act(gate) * up`` for SwiGLU):
+  neuron i writes ``act_i * W_down[:, i]`` into the residual stream.
+
+Example (capture the mean residual over response tokens at every layer)::
+
+    >>> import torch
+    >>> from valuelens.models import get_arch_spec
+    >>> from valuelens.testing import tiny_llama
+    >>> model = tiny_llama()
+    >>> ids = torch.randint(0, 100, (2, 7)); am = torch.ones_like(ids)
+    >>> mask = torch.zeros_like(ids, dtype=torch.bool); mask[:, 4:] = True    # "response" tokens
+    >>> acts = forward_capture(model, ids, am, token_mask=mask)              # [batch, layer, d_model]
+    >>> tuple(acts.shape)
+    (2, 4, 64)
+
+Steering (``h ← h + α·v`` at layer 2, prefill and every decoding step)::
+
+    >>> v = torch.randn(64)
+    >>> with add_vectors(model, {2: v}, alpha=4.0):
+    ...     out = model(ids).logits
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .models import ResolvedSpec, get_arch_spec
+
+__all__ = [
+    "Ablate",
+    "Intervention",
+    "Reduction",
+    "ResidualRecorder",
+    "ScaleNeurons",
+    "Steer",
+    "ablate_direction",
+    "add_vectors",
+    "apply_interventions",
+    "capture_neurons",
+    "capture_residual",
+    "forward_capture",
+    "left_pad_position_ids",
+    "scale_neurons",
+]
+
+Reduction = Literal["mean", "last", "sum", "all"]
+Positions = Literal["all", "prompt", "generated"]
+
+
+def _spec(model: nn.Module, spec: ResolvedSpec | None) -> ResolvedSpec:
+    return spec if spec is not None else get_arch_spec(model)
+
+
+def _hidden(output: Any) -> Tensor:
+    # transformers 5.x decoder layers return a tensor; 4.x and some custom models return a tuple.
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_hidden(output: Any, hidden: Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class _StopForward(Exception):
+    """Raised after the last layer we need, to skip the rest of the forward pass."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Capture
+
+
+def _reduce(x: Tensor, mask: Tensor | None, reduction: Reduction) -> Tensor | list[Tensor]:
+    """Reduce ``x: [B, T, X]`` over tokens selected by ``mask: [B, T]`` (all tokens if None) → ``[B, X]``.
+
+    Sums are taken in float32 whatever the compute dtype, so bf16 capture still averages accurately.
+    """
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    if mask.shape != x.shape[:2]:
+        raise ConfigError(f"token mask has shape {tuple(mask.shape)} but activations are {tuple(x.shape[:2])}")
+    if reduction == "all":
+        return [x[b][mask[b]].float() for b in range(x.shape[0])]
+    if reduction == "last":
+        # Index of the last selected token per row; rows with none selected give zeros.
+        idx = torch.arange(x.shape[1], device=x.device).expand_as(mask)
+        last = torch.where(mask, idx, torch.full_like(idx, -1)).max(dim=1).values
+        out = x[torch.arange(x.shape[0]), last.clamp(min=0)].float()
+        return out * (last >= 0).unsqueeze(-1)
+    m = mask.to(torch.float32).unsqueeze(-1)
+    s = (x.float() * m).sum(dim=1)
+    if reduction == "sum":
+        return s
+    return s / m.sum(dim=1).clamp(min=1.0)
+
+
+class ResidualRecorder:
+    """Collects per-item reductions of hooked activations for the current forward pass.
+
+    Call :meth:`set_mask` before each forward with the ``[B, T]`` boolean mask of tokens to reduce over, run the
+    model, then :meth:`pop` the result: ``[B, L, X]`` for mean/last/sum (layers in ascending order) or, for
+    ``"all"``, a list of ``[T_b, L, X]`` per item. Nothing is kept after :meth:`pop`, so memory stays flat
+    however many texts pass through; accumulate across batches with :class:`valuelens.vectors.GroupMeans`.
+    """
+
+    def __init__(self, layers: Sequence[int], reduction: Reduction) -> None:
+        self.layers = list(layers)
+        self.reduction: Reduction = reduction
+        self.mask: Tensor | None = None
+        self._buf: dict[int, Any] = {}
+
+    def set_mask(self, mask: Tensor | None) -> None:
+        self.mask = None if mask is None else mask.to(torch.bool)
+        self._buf.clear()
+
+    def _record(self, layer: int, x: Tensor) -> None:
+        self._buf[layer] = _reduce(x.detach(), self.mask, self.reduction)
+
+    def pop(self) -> Tensor | list[Tensor]:
+        missing = [layer for layer in self.layers if layer not in self._buf]
+        if missing:
+            raise RuntimeError(f"no activations recorded for layers {missing}; did the forward pass run?")
+        if self.reduction == "all":
+            n = len(self._buf[self.layers[0]])
+            out: Tensor | list[Tensor] = [torch.stack([self._buf[la][b] for la in self.layers], dim=1)
+                                          for b in range(n)]
+        else:
+            out = torch.stack([self._buf[la] for la in self.layers], dim=1)
+        self._buf.clear()
+        return out
+
+
+@contextlib.contextmanager
+def _hooks(handles: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def capture_residual(model: nn.Module, layers: Sequence[int] | None = None, *, reduction: Reduction = "mean",
+                     spec: ResolvedSpec | None = None, stop_after_last: bool = False
+                     ) -> Iterator[ResidualRecorder]:
+    """Record the residual stream (decoder layer outputs) at ``layers`` (default: all), reduced per item.
+
+    ``stop_after_last``: abort the forward pass after the highest requested layer (use with
+    :func:`forward_capture`, which catches the signal) — it skips the remaining layers and the LM head.
+    """
+    sp = _spec(model, spec)
+    layer_ids = sp.check_layers(layers)
+    rec = ResidualRecorder(layer_ids, reduction)
+    last = layer_ids[-1]
+    handles = []
+    for li in layer_ids:
+        def hook(_m: nn.Module, _inp: Any, out: Any, li: int = li) -> None:
+            rec._record(li, _hidden(out))
+            if stop_after_last and li == last:
+                raise _StopForward
+        handles.append(sp.layer(model, li).register_forward_hook(hook))
+    with _hooks(handles):
+        yield rec
+
+
+@contextlib.contextmanager
+def capture_neurons(model: nn.Module, layers: Sequence[int] | None = None, *, reduction: Reduction = "mean",
+                    spec: ResolvedSpec | None = None, stop_after_last: bool = False
+                    ) -> Iterator[ResidualRecorder]:
+    """Record MLP neuron activations (the input of the output projection) at ``layers``, reduced per item."""
+    sp = _spec(model, spec)
+    layer_ids = sp.check_layers(layers)
+    rec = ResidualRecorder(layer_ids, reduction)
+    last = layer_ids[-1]
+    handles = []
+    for li in layer_ids:
+        def pre_hook(_m: nn.Module, args: tuple[Any, ...], li: int = li) -> None:
+            rec._record(li, args[0])
+        handles.append(sp.down_proj(model, li).register_forward_pre_hook(pre_hook))
+        if stop_after_last and li == last:
+            def stop(_m: nn.Module, _i: Any, _o: Any) -> None:
+                raise _StopForward
+            handles.append(sp.layer(model, li).register_forward_hook(stop))
+    with _hooks(handles):
+        yield rec
+
+
+def left_pad_position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids that start at 0 at each row's first real token (what ``generate`` uses for left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_capture(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                    token_mask: Tensor | None = None, layers: Sequence[int] | None = None,
+                    reduction: Reduction = "mean", neurons: bool = False, spec: ResolvedSpec | None = None,
+                    bf16: bool = False) -> Tensor | list[Tensor]:
+    """One batched forward pass that returns reduced activations ``[B, L, X]`` without computing logits.
+
+    ``token_mask`` selects the tokens to reduce over (default: the attention mask). Position ids are derived
+    from the attention mask, so left-padded batches give the same numbers as unpadded single items. Runs the
+    decoder stack only and stops after the highest requested layer. ``bf16`` runs under CPU autocast.
+    """
+    sp = _spec(model, spec)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    mask = attention_mask.bool() if token_mask is None else token_mask.bool() & attention_mask.bool()
+    base = _get(model, sp.arch.base)
+    cap = capture_neurons if neurons else capture_residual
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with cap(model, layers, reduction=reduction, spec=sp, stop_after_last=True) as rec, torch.no_grad(), autocast:
+        rec.set_mask(mask)
+        with contextlib.suppress(_StopForward):
+            base(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=left_pad_position_ids(attention_mask), use_cache=False)
+        return rec.pop()
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Interventions
+
+
+class _Phase:
+    """Tracks whether the current forward is a prefill or a decoding step (KV cache already filled)."""
+
+    def __init__(self) -> None:
+        self.decoding = False
+
+    def pre_hook(self, _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        cache = kwargs.get("past_key_values")
+        seen = 0
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                seen = int(cache.get_seq_length())
+        self.decoding = seen > 0
+
+
+def _phase_tracker(model: nn.Module) -> tuple[_Phase, Any]:
+    phase = _Phase()
+    return phase, model.register_forward_pre_hook(phase.pre_hook, with_kwargs=True)
+
+
+def _position_gate(positions: Positions, phase: _Phase) -> bool:
+    if positions == "all":
+        return True
+    return phase.decoding == (positions == "generated")
+
+
+def _as_vec(v: Tensor, d_model: int, what: str) -> Tensor:
+    if not isinstance(v, Tensor):
+        v = torch.as_tensor(v)
+    if v.shape[-1] != d_model or v.ndim not in (1, 2):
+        raise ConfigError(f"{what} must have shape [{d_model}] or [batch, {d_model}], got {tuple(v.shape)}")
+    return v
+
+
+@contextlib.contextmanager
+def add_vectors(model: nn.Module, vectors: Mapping[int, Tensor], *, alpha: float = 1.0,
+                positions: Positions = "all", token_mask: Tensor | None = None,
+                spec: ResolvedSpec | None = None) -> Iterator[None]:
+    """Activation addition: ``h ← h + alpha·v[layer]`` on the output of each given layer.
+
+    ``vectors``: ``{layer: [d_model]}`` (or ``[batch, d_model]`` for a different vector per row).
+    ``positions``: ``"all"`` (prefill and every decoding step), ``"prompt"`` (prefill only) or ``"generated"``
+    (decoding steps only). ``token_mask [B, T]`` restricts a single full forward pass to chosen tokens.
+    """
+    sp = _spec(model, spec)
+    if positions not in ("all", "prompt", "generated"):
+        raise ConfigError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
+    phase, ph = _phase_tracker(model)
+    handles = [ph]
+    for layer, vec in vectors.items():
+        li = sp.check_layer(layer)
+        v = _as_vec(vec, sp.d_model, f"steering vector for layer {layer}")
+
+        def hook(_m: nn.Module, _inp: Any, out: Any, v: Tensor = v) -> Any:
+            if not _position_gate(positions, phase):
+                return None
+            h = _hidden(out)
+            delta = (alpha * v).to(h.dtype).to(h.device)
+            if delta.ndim == 2:
+                delta = delta[:, None, :]
+            if token_mask is not None and not phase.decoding:
+                delta = delta * token_mask.to(h.dtype)[..., None]
+            return _replace_hidden(out, h + delta)
+        handles.append(sp.layer(model, li).register_forward_hook(hook))
+    with _hooks(handles):
+        yield
+
+
+@contextlib.contextmanager
+def ablate_direction(model: nn.Module, direction: Tensor | Mapping[int, Tensor],
+                     layers: Sequence[int] | None = None, *, spec: ResolvedSpec | None = None) -> Iterator[None]:
+    """Directional ablation: remove the component along ``direction`` from the residual stream.
+
+    ``direction`` is one ``[d_model]`` vector applied at ``layers`` (default: every layer, so no later layer
+    can write it back unobserved), or ``{layer: [d_model]}``. It need not be unit length.
+    """
+    sp = _spec(model, spec)
+    dirs: dict[int, Tensor]
+    if isinstance(direction, Mapping):
+        dirs = {sp.check_layer(k): _as_vec(v, sp.d_model, "direction") for k, v in direction.items()}
+    else:
+        d = _as_vec(direction, sp.d_model, "direction")
+        dirs = {li: d for li in sp.check_layers(layers)}
+    handles = []
+    for li, d in dirs.items():
+        if d.ndim != 1:
+            raise ConfigError("ablation takes one direction per layer ([d_model])")
+        norm = d.float().norm()
+        if norm == 0:
+            raise ConfigError(f"cannot ablate a zero direction (layer {li})")
+        unit = d.float() / norm
+
+        def hook(_m: nn.Module, _inp: Any, out: Any, unit: Tensor = unit) -> Any:
+            h = _hidden(out)
+            u = unit.to(h.device)
+            proj = (h.float() @ u)[..., None] * u
+            return _replace_hidden(out, (h.float() - proj).to(h.dtype))
+        handles.append(sp.layer(model, li).register_forward_hook(hook))
+    with _hooks(handles):
+        yield
+
+
+@contextlib.contextmanager
+def scale_neurons(model: nn.Module, neurons: Mapping[int, Sequence[int] | Tensor], beta: float, *,
+                  spec: ResolvedSpec | None = None) -> Iterator[None]:
+    """Multiply the activations of the given MLP neurons ``{layer: indices}`` by ``beta`` (0 ablates them)."""
+    sp = _spec(model, spec)
+    handles = []
+    for layer, idx in neurons.items():
+        li = sp.check_layer(layer)
+        index = torch.as_tensor(idx, dtype=torch.long).flatten()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= sp.d_mlp):
+            raise ConfigError(f"neuron index out of range at layer {layer}: this model has {sp.d_mlp} neurons/layer")
+
+        def pre_hook(_m: nn.Module, args: tuple[Any, ...], index: Tensor = index) -> Any:
+            x = args[0].clone()
+            x[..., index.to(x.device)] *= beta
+            return (x, *args[1:])
+        handles.append(sp.down_proj(model, li).register_forward_pre_hook(pre_hook))
+    with _hooks(handles):
+        yield
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Declarative interventions (for configs and the pipeline)
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``alpha * vector`` at ``layers`` (same vector at each)."""
+
+    vector: Tensor
+    layers: tuple[int, ...]
+    alpha: float = 1.0
+    positions: Positions = "all"
+
+
+@dataclass(frozen=True)
+class Ablate:
+    direction: Tensor
+    layers: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ScaleNeurons:
+    neurons: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    beta: float = 0.0
+
+
+Intervention = Steer | Ablate | ScaleNeurons
+
+
+@contextlib.contextmanager
+def apply_interventions(model: nn.Module, interventions: Sequence[Intervention], *,
+                        spec: ResolvedSpec | None = None) -> Iterator[None]:
+    """Apply several interventions at once (they nest in the order given)."""
+    sp = _spec(model, spec)
+    with contextlib.ExitStack() as stack:
+        for iv in interventions:
+            if isinstance(iv, Steer):
+                stack.enter_context(add_vectors(model, dict.fromkeys(iv.layers, iv.vector), alpha=iv.alpha,
+                                                positions=iv.positions, spec=sp))
+            elif isinstance(iv, Ablate):
+                stack.enter_context(ablate_direction(model, iv.direction, iv.layers, spec=sp))
+            elif isinstance(iv, ScaleNeurons):
+                stack.enter_context(scale_neurons(model, iv.neurons, iv.beta, spec=sp))
+            else:
+                raise ConfigError(f"unknown intervention {iv!r}")
+        yield

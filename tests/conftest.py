@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VALUEEVAL_DIR = REPO_ROOT.parent / "shared" / "data" / "valueeval23"
+
+
+@pytest.fixture(scope="session")
+def valueeval_dir() -> Path:
+    if not (VALUEEVAL_DIR / "arguments-training.tsv").is_file():
+        pytest.fail(f"ValueEval data not found at {VALUEEVAL_DIR} (expected ../shared/data/valueeval23)")
+    return VALUEEVAL_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct, loaded once per session (from the safetensors cache after the first run)."""
+    from valuelens.models import load_model
+
+    return load_model("smollm2")
