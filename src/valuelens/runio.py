@@ -25,10 +25,10 @@ from .errors import DataError
 
 __all__ = [
     "JsonlWriter",
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
-    "atomic_path",
     "file_sha256",
     "package_versions",
     "parse_shard",
