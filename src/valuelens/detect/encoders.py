@@ -179,7 +179,7 @@ def read_e5s1(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     (eps,) = take("f")
     take("i")  # qk block size (32)
     n_pieces = int(take("i")[0])
-    take("4i")  # bos eos pad unk
+    _bos, _eos, pad_id, _unk = (int(v) for v in take("4i"))
     bloblen = int(take("Q")[0])
     pos += (n_pieces + 1) * 4 + n_pieces * 4 + bloblen
     take("i")  # n_norm
@@ -231,7 +231,7 @@ def read_e5s1(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     config: dict[str, object] = {
         "hidden_size": h, "num_hidden_layers": nl, "num_attention_heads": nh, "intermediate_size": ff,
         "vocab_size": voc, "max_position_embeddings": maxp, "type_vocab_size": tvs,
-        "layer_norm_eps": float(eps), "hidden_act": "gelu", "pad_token_id": 0,
+        "layer_norm_eps": float(eps), "hidden_act": "gelu", "pad_token_id": pad_id,
     }
     return config, sd
 
