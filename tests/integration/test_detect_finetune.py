@@ -150,3 +150,20 @@ def test_prompt_tuning_trains_only_prompt_and_head(kind: str, splits: tuple, tmp
     if kind == "hard":
         enc = det.tokenize(["a very long argument " * 200])
         assert (enc["input_ids"] == det.tokenizer.mask_token_id).sum() == 1  # the mask survives truncation
+
+
+def test_ensemble_of_members_sharing_a_heldout_split(trained: tuple, splits: tuple, tmp_path: Path) -> None:
+    from valuelens.detect.finetune import EnsembleDetector, build_ensemble, load_detector
+
+    _, out = trained
+    train, valid = splits
+    _, scores = build_ensemble([out / "model", out / "model"], train, valid.head(80), tmp_path / "ens",
+                               bf16=True)  # the fixture tuned its thresholds on bf16 probabilities
+    assert set(scores) == {"heldout", "crossfit", "validation_tuned"}
+    back = load_detector(tmp_path / "ens")
+    assert isinstance(back, EnsembleDetector) and len(back.members) == 2
+    single = ValueDetector.from_pretrained(out / "model")
+    texts = valid.texts()[:10]
+    np.testing.assert_allclose(back.predict_proba(texts), single.predict_proba(texts), rtol=0, atol=1e-7)
+    # Same members, same held-out split → the same thresholds as the single model's.
+    np.testing.assert_array_equal(back.thresholds, single.thresholds)

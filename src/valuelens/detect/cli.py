@@ -120,10 +120,10 @@ def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_
     """Score a trained detector on a labelled split with the official measure."""
     from ..runio import atomic_write_json
     from .data import load_split
-    from .finetune import ValueDetector, crossfit_scores
+    from .finetune import crossfit_scores, load_detector
     from .measure import apply_thresholds, evaluate, tune_thresholds
 
-    det = ValueDetector.from_pretrained(model_dir)
+    det = load_detector(model_dir)
     sp = load_split(_data_dir(data), split)
     assert sp.labels is not None
     probs = det.predict_proba(sp.texts(), bf16=bf16, progress=True)
@@ -138,6 +138,27 @@ def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_
     if json_out:
         atomic_write_json(json_out, {"saved": saved.as_dict(), "crossfit": cross.as_dict(),
                                      "self_tuned": tuned.as_dict()})
+
+
+@detect.command("ensemble")
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="trained detector folder (repeat for each member)")
+@click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
+@click.option("--split", default="validation", show_default=True, help="split scored at the end")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="folder for the ensemble detector")
+@click.option("--bf16/--no-bf16", default=False)
+def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str, bf16: bool) -> None:
+    """Average several trained detectors; thresholds tuned on their shared held-out training part."""
+    from .data import load_split
+    from .finetune import build_ensemble
+
+    folder = _data_dir(data)
+    _, scores = build_ensemble(list(models), load_split(folder, "training"), load_split(folder, split), out,
+                               bf16=bf16)
+    h = scores["heldout"]
+    _echo(f"{split}: macro P {h['precision']:.4f} R {h['recall']:.4f} F1 {h['f1']:.4f} (held-out thresholds); "
+          f"crossfit F1 {scores['crossfit']['f1']:.4f}; validation-tuned F1 {scores['validation_tuned']['f1']:.4f}")
+    click.echo(out)
 
 
 @detect.command("compare")
@@ -177,10 +198,10 @@ def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: s
 @click.option("--bf16/--no-bf16", default=False)
 def predict_cmd(model_dir: str, input_path: str, output: str, text_field: str, bf16: bool) -> None:
     """Write an official run file for an arguments TSV, or score free text (JSONL in, JSONL out)."""
-    from .finetune import ValueDetector
+    from .finetune import load_detector
     from .predict import predict_jsonl, write_run_file
 
-    det = ValueDetector.from_pretrained(model_dir)
+    det = load_detector(model_dir)
     if input_path.endswith((".jsonl", ".json")):
         n = predict_jsonl(det, input_path, output, text_field=text_field, bf16=bf16)
     else:

@@ -41,7 +41,8 @@ from .data import ValueEvalSplit
 from .encoders import resolve_encoder
 from .measure import Scores, apply_thresholds, evaluate, tune_thresholds
 
-__all__ = ["TrainConfig", "ValueDetector", "heldout_split", "predict_proba", "train_detector"]
+__all__ = ["EnsembleDetector", "TrainConfig", "ValueDetector", "build_ensemble", "heldout_split", "load_detector",
+           "predict_proba", "train_detector"]
 
 N_CAT = len(VALUEEVAL_CATEGORIES)
 
@@ -568,6 +569,7 @@ def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEva
     if config.threshold_source == "heldout":
         dev_probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
         th_dev = tune_thresholds(dev_probs, dev.labels)
+        out["dev_f1_self_tuned"] = evaluate(dev.labels, apply_thresholds(dev_probs, th_dev)).f1
         out["heldout"] = evaluate(vy, apply_thresholds(val_probs, th_dev)).as_dict()
     choice = {"heldout": th_dev, "validation": th_val, "crossfit": th_val, "none": np.full(N_CAT, 0.5)}
     th = choice[config.threshold_source]
@@ -596,12 +598,114 @@ def crossfit_scores(probs: np.ndarray, gold: np.ndarray, seed: int = 0) -> Score
 
 
 def detector_hash(folder: str | os.PathLike[str]) -> str:
-    """sha256 over the files of a detector folder that determine its predictions."""
+    """sha256 over every file of a detector folder (relative path + content hash, in sorted order)."""
     folder = Path(folder)
     h = hashlib.sha256()
-    for name in ("detector.json", "thresholds.json", "head.safetensors", "encoder/model.safetensors"):
-        p = folder / name
-        if p.exists():
-            h.update(name.encode())
-            h.update(file_sha256(p).encode())
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(folder)).encode())
+        h.update(file_sha256(p).encode())
     return h.hexdigest()
+
+
+class EnsembleDetector:
+    """Mean of the member detectors' probabilities, with its own per-category thresholds.
+
+    Saved as a folder with ``detector.json`` (format ``valuelens-ensemble/1``), ``thresholds.json`` and the
+    members in ``members/0``, ``members/1``, … so it is self-contained; load it with :func:`load_detector`.
+    """
+
+    def __init__(self, members: list[ValueDetector], thresholds: np.ndarray | None = None) -> None:
+        if not members:
+            raise ConfigError("an ensemble needs at least one member")
+        cats = members[0].categories
+        if any(m.categories != cats for m in members):
+            raise ConfigError("ensemble members disagree on their categories")
+        self.members = members
+        self.categories = list(cats)
+        self.thresholds = np.full(len(cats), 0.5) if thresholds is None else np.asarray(thresholds, float)
+        self.encoder_name = "+".join(m.encoder_name for m in members)
+        self.info: dict[str, Any] = {}
+
+    def predict_proba(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
+        return np.mean([m.predict_proba(texts, **kw) for m in self.members], axis=0)
+
+    def predict(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
+        return apply_thresholds(self.predict_proba(texts, **kw), self.thresholds)
+
+    def save_pretrained(self, folder: str | os.PathLike[str], *, threshold_info: dict[str, Any] | None = None,
+                        member_dirs: Sequence[str | os.PathLike[str]] | None = None) -> Path:
+        """Write the ensemble; members are copied from ``member_dirs`` (their saved folders) when given."""
+        import shutil
+
+        folder = Path(folder).expanduser()
+        (folder / "members").mkdir(parents=True, exist_ok=True)
+        for i, m in enumerate(self.members):
+            dst = folder / "members" / str(i)
+            if member_dirs is not None:
+                if dst.exists():
+                    shutil.rmtree(dst)
+                shutil.copytree(member_dirs[i], dst)
+            else:
+                m.save_pretrained(dst)
+        atomic_write_json(folder / "thresholds.json", {
+            "thresholds": {c: float(t) for c, t in zip(self.categories, self.thresholds, strict=True)},
+            **(threshold_info or {})})
+        atomic_write_json(folder / "detector.json", {
+            "format": "valuelens-ensemble/1", "members": len(self.members), "categories": self.categories,
+            "encoder": self.encoder_name, "info": self.info,
+            "loader": "valuelens.detect.finetune.load_detector(folder)"})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str]) -> EnsembleDetector:
+        folder = Path(folder).expanduser()
+        cfg = json.loads((folder / "detector.json").read_text())
+        members = [ValueDetector.from_pretrained(folder / "members" / str(i)) for i in range(cfg["members"])]
+        th = json.loads((folder / "thresholds.json").read_text())["thresholds"]
+        ens = cls(members, np.array([th[c] for c in cfg["categories"]]))
+        ens.info = cfg.get("info", {})
+        return ens
+
+
+def load_detector(folder: str | os.PathLike[str]) -> ValueDetector | EnsembleDetector:
+    """Load any saved detector folder: a single :class:`ValueDetector` or an :class:`EnsembleDetector`."""
+    folder = Path(folder).expanduser()
+    cfg_path = folder / "detector.json"
+    if not cfg_path.exists():
+        raise ModelError(f"{folder}: not a valuelens detector folder (no detector.json)")
+    fmt = json.loads(cfg_path.read_text()).get("format", "")
+    if fmt.startswith("valuelens-ensemble/"):
+        return EnsembleDetector.from_pretrained(folder)
+    return ValueDetector.from_pretrained(folder)
+
+
+def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEvalSplit, valid: ValueEvalSplit,
+                   out: str | os.PathLike[str], *, bf16: bool = False) -> tuple[EnsembleDetector, dict[str, Any]]:
+    """Average trained detectors; tune thresholds on the members' shared held-out training part.
+
+    All members must have been trained with ``threshold_source=heldout`` and the same seed, held-out
+    fraction and ``max_train`` (so they share the held-out arguments, none of which any member trained on).
+    """
+    members = [ValueDetector.from_pretrained(d) for d in model_dirs]
+    keys = ("seed", "heldout_frac", "max_train", "threshold_source")
+    cfgs = [{k: m.info.get("train_config", {}).get(k) for k in keys} for m in members]
+    if any(c != cfgs[0] for c in cfgs) or cfgs[0]["threshold_source"] != "heldout":
+        raise ConfigError(f"ensemble members must share a held-out split (same {', '.join(keys[:3])}, "
+                          f"thresholds=heldout); got {cfgs}")
+    base = train.head(cfgs[0]["max_train"])
+    _, dev_idx = heldout_split(base, cfgs[0]["heldout_frac"], cfgs[0]["seed"])
+    dev = base.subset(dev_idx)
+    ens = EnsembleDetector(members)
+    assert dev.labels is not None and valid.labels is not None
+    ens.thresholds = tune_thresholds(ens.predict_proba(dev.texts(), bf16=bf16), dev.labels)
+    probs = ens.predict_proba(valid.texts(), bf16=bf16)
+    scores = {
+        "heldout": evaluate(valid.labels, apply_thresholds(probs, ens.thresholds)).as_dict(),
+        "crossfit": crossfit_scores(probs, valid.labels).as_dict(),
+        "validation_tuned": evaluate(valid.labels, apply_thresholds(probs, tune_thresholds(probs, valid.labels))
+                                     ).as_dict(),
+    }
+    ens.info = {"members": [str(d) for d in model_dirs], "scores": scores}
+    ens.save_pretrained(out, member_dirs=model_dirs, threshold_info={
+        "source": "heldout", "tuned_on": f"{len(dev)} held-out training arguments (whole conclusions)"})
+    return ens, scores

@@ -21,7 +21,7 @@ from .data import Argument, read_arguments
 from .measure import apply_thresholds
 
 if TYPE_CHECKING:
-    from .finetune import ValueDetector
+    from .finetune import EnsembleDetector, ValueDetector
 
 __all__ = ["categories_to_values", "predict_jsonl", "read_run_file", "write_run_file"]
 
@@ -41,7 +41,7 @@ def categories_to_values(probs: np.ndarray, thresholds: np.ndarray) -> tuple[np.
     return score, margin, margin >= 0
 
 
-def write_run_file(det: ValueDetector, arguments_tsv: str | os.PathLike[str], output: str | os.PathLike[str],
+def write_run_file(det: ValueDetector | EnsembleDetector, arguments_tsv: str | os.PathLike[str], output: str | os.PathLike[str],
                    *, bf16: bool = False, batch_size: int = 64) -> int:
     """Official run file: ``Argument ID`` + the 20 category columns with 0/1, tab-separated."""
     args = read_arguments(arguments_tsv)
@@ -68,7 +68,7 @@ def read_run_file(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
     return ids, mat
 
 
-def predict_jsonl(det: ValueDetector, input_path: str | os.PathLike[str], output: str | os.PathLike[str], *,
+def predict_jsonl(det: ValueDetector | EnsembleDetector, input_path: str | os.PathLike[str], output: str | os.PathLike[str], *,
                   text_field: str = "text", bf16: bool = False, batch_size: int = 64) -> int:
     """Score free text: each input line ``{"text": ...}`` (other fields are kept, ``id`` too) gets
     ``categories`` (score, label per category) and ``values`` (score, margin, expressed per Schwartz value).

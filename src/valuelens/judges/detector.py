@@ -46,17 +46,18 @@ class DetectorJudge(Judge):
     def __init__(self, model: str | os.PathLike[str] | None = None, *, batch_size: int = 64, bf16: bool = False,
                  use_context: bool = False) -> None:
         from ..detect.encoders import cache_dir
-        from ..detect.finetune import ValueDetector
+        from ..detect.finetune import load_detector
 
         path = Path(model or os.environ.get("VALUELENS_DETECTOR") or cache_dir() / "detectors" / "minilm-v1")
         if not (path / "detector.json").exists():
             raise ModelError(f"{path}: no trained detector there; train one with `valuelens detect train --out DIR` "
                              f"and pass DIR/model")
         self.path = path.expanduser()
-        self.detector = ValueDetector.from_pretrained(self.path)
+        self.detector = load_detector(self.path)
         self.batch_size = batch_size
         self.bf16 = bf16
         self.use_context = use_context
+        self._hash: str | None = None
 
     def judge_batch(self, texts: Sequence[str], values: Sequence[SchwartzValue],
                     contexts: Sequence[str] | None = None) -> JudgeResult:
@@ -74,7 +75,9 @@ class DetectorJudge(Judge):
     def describe(self) -> dict[str, Any]:
         from ..detect.finetune import detector_hash
 
-        return {"name": self.name, "model": str(self.path), "sha256": detector_hash(self.path),
+        if self._hash is None:
+            self._hash = detector_hash(self.path)  # hashing the weights takes ~0.1-1 s: do it once
+        return {"name": self.name, "model": str(self.path), "sha256": self._hash,
                 "encoder": self.detector.encoder_name,
                 "thresholds": dict(zip(self.detector.categories, map(float, self.detector.thresholds), strict=True)),
                 "calibration": "piecewise-linear, 0.5 = per-category tuned threshold; value = max over categories"}
