@@ -75,6 +75,8 @@ def _train_options(f: Any) -> Any:
                      default="heldout", show_default=True,
                      help="where per-category thresholds (and early stopping) are tuned: held-out 10%% of "
                           "training (honest), validation (paper setup, optimistic), crossfit, or none (0.5)"),
+        click.option("--heldout-seed", type=int, default=None,
+                     help="seed of the held-out split (default --seed); keep it fixed across ensemble members"),
         click.option("--max-train", type=int, default=None, help="use only the first N training arguments"),
         click.option("--checkpoint-every", type=int, default=0, show_default=True,
                      help="also checkpoint every N steps inside an epoch"),

@@ -70,6 +70,7 @@ class TrainConfig:
     patience: int = 2  # early stopping: epochs without dev macro-F1 gain
     threshold_source: str = "heldout"  # heldout | validation | crossfit | none (0.5)
     heldout_frac: float = 0.1
+    heldout_seed: int | None = None  # seed of the held-out split (default: seed); fix it to ensemble seeds
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = end of epoch only)
     max_train: int | None = None  # use only the first n training arguments (tests, quick looks)
     eval_batch_size: int = 64
@@ -296,6 +297,10 @@ def heldout_split(split: ValueEvalSplit, frac: float, seed: int) -> tuple[np.nda
     return np.flatnonzero(~is_hold), np.flatnonzero(is_hold)
 
 
+def _split_seed(seed: int, heldout_seed: int | None) -> int:
+    return seed if heldout_seed is None else heldout_seed
+
+
 def _freeze(model: ValueDetector, train_layers: int | None) -> None:
     """Train all (None), none (0) or only the top ``k`` transformer layers of the encoder."""
     if train_layers is None:
@@ -419,7 +424,7 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     torch.manual_seed(config.seed)
     train = train.head(config.max_train)
     if config.threshold_source == "heldout":
-        tr_idx, dev_idx = heldout_split(train, config.heldout_frac, config.seed)
+        tr_idx, dev_idx = heldout_split(train, config.heldout_frac, _split_seed(config.seed, config.heldout_seed))
         fit, dev = train.subset(tr_idx), train.subset(dev_idx)
     else:
         fit, dev = train, valid
@@ -504,7 +509,10 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
         dev_f1 = evaluate(dev.labels, apply_thresholds(probs, th)).f1
         rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "first_loss": losses[0] if losses else float("nan"), "dev_f1_tuned": dev_f1,
-               "epoch_seconds": time.time() - t0 + 0.0, "train_seconds": state["train_seconds"]}
+               # Training time only (no evaluation), robust to resuming mid-epoch.
+               "epoch_seconds": state["train_seconds"] - (state["history"][-1]["train_seconds"]
+                                                          if state["history"] else 0.0),
+               "train_seconds": state["train_seconds"]}
         state["history"].append(rec)
         say(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f}, dev macro-F1 {dev_f1:.4f} "
             f"({state['train_seconds'] / 60:.1f} min so far)")
@@ -687,13 +695,17 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
     fraction and ``max_train`` (so they share the held-out arguments, none of which any member trained on).
     """
     members = [ValueDetector.from_pretrained(d) for d in model_dirs]
-    keys = ("seed", "heldout_frac", "max_train", "threshold_source")
-    cfgs = [{k: m.info.get("train_config", {}).get(k) for k in keys} for m in members]
+    keys = ("split_seed", "heldout_frac", "max_train", "threshold_source")
+    cfgs = []
+    for m in members:
+        tc = m.info.get("train_config", {})
+        cfgs.append({"split_seed": _split_seed(tc.get("seed", 0), tc.get("heldout_seed")),
+                     **{k: tc.get(k) for k in keys[1:]}})
     if any(c != cfgs[0] for c in cfgs) or cfgs[0]["threshold_source"] != "heldout":
         raise ConfigError(f"ensemble members must share a held-out split (same {', '.join(keys[:3])}, "
                           f"thresholds=heldout); got {cfgs}")
     base = train.head(cfgs[0]["max_train"])
-    _, dev_idx = heldout_split(base, cfgs[0]["heldout_frac"], cfgs[0]["seed"])
+    _, dev_idx = heldout_split(base, cfgs[0]["heldout_frac"], cfgs[0]["split_seed"])
     dev = base.subset(dev_idx)
     ens = EnsembleDetector(members)
     assert dev.labels is not None and valid.labels is not None
