@@ -69,7 +69,7 @@ def _neural(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: P
                 {"config": asdict(cfg), "model": str(folder / "run" / "model")})
 
 
-def _llm(method: str, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
+def _llm(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
          log: Callable[[str], None]) -> dict[str, Any]:
     if not llm_spec:
         raise ConfigError(f"method {method!r} needs --llm (e.g. local:smollm2 or openai:http://HOST/v1#model)")
@@ -78,7 +78,7 @@ def _llm(method: str, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
     except ImportError as exc:
         raise ModelError(f"method {method!r} needs valuelens.detect.llm, which is not available yet ({exc})") from None
     shots = 3 if method == "llm-few" else 0
-    det = LLMDetector(make_backend(llm_spec), shots=shots, cot=method == "llm-cot")
+    det = LLMDetector(make_backend(llm_spec), shots=shots, cot=method == "llm-cot", train=train)
     # Per-argument cache so an interrupted LLM run resumes where it stopped.
     from ..runio import JsonlWriter
 
@@ -98,7 +98,8 @@ def _llm(method: str, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
     pred = np.array([done[a.id] for a in valid.arguments], dtype=np.int64)
     assert valid.labels is not None
     n_new = max(len(todo), 1)
-    row = _row(method, valid.labels, pred, None, 0.0, infer, {"describe": det.describe()})
+    stats = det.parse_stats() if hasattr(det, "parse_stats") else {}  # parse failures of this session's answers
+    row = _row(method, valid.labels, pred, None, 0.0, infer, {"describe": det.describe(), "parse_stats": stats})
     row["inference_per_second"] = n_new / max(infer, 1e-9) if todo else float("nan")
     return row
 
@@ -146,7 +147,7 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
             row = _row(m, valid.labels, apply_thresholds(probs, model.thresholds), probs, train_s,
                        time.time() - t0, {"describe": model.describe()})
         elif m.startswith("llm-"):
-            row = _llm(m, valid, folder, llm_spec, say)
+            row = _llm(m, train, valid, folder, llm_spec, say)
         else:
             row = _neural(m, train, valid, folder, encoder=encoder, epochs=epochs, bf16=bf16, log=say)
         row["description"] = METHODS[m]
