@@ -154,14 +154,21 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
         atomic_write_json(result, row)
         say(f"{m}: macro F1 {row['f1']:.4f} (P {row['precision']:.4f}, R {row['recall']:.4f})")
         rows.append(row)
-    md = render_table(rows)
-    atomic_write_text(out / "results.md", md)
-    _write_csv(out / "results.csv", rows)
-    _plot(out / "results.png", rows, split)
+        # Rewrite the table after every method, so a long comparison shows partial results as it goes.
+        md = _write_outputs(out, rows, split)
+    md = _write_outputs(out, rows, split)
     write_manifest(out, stage="detect-compare", config={
         "methods": methods, "split": split, "data_dir": str(data_dir), "encoder": encoder, "epochs": epochs,
         "bf16": bf16, "max_train": max_train, "max_eval": max_eval, "llm": llm_spec,
         "n_train": len(train), "n_eval": len(valid)})
+    return md
+
+
+def _write_outputs(out: Path, rows: list[dict[str, Any]], split: str) -> str:
+    md = render_table(rows)
+    atomic_write_text(out / "results.md", md)
+    _write_csv(out / "results.csv", rows)
+    _plot(out / "results.png", rows, split)
     return md
 
 
