@@ -19,7 +19,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,13 @@ def _wait_ready(url: str, timeout: float) -> None:
 
 @contextlib.contextmanager
 def llama_server(gguf_path: str | Path, n_ctx: int = 2048, n_threads: int = 2, *, n_parallel: int = 1,
-                 host: str = "127.0.0.1", port: int = 0, ready_timeout: float = 120.0,
-                 quiet: bool = True) -> Iterator[str]:
+                 host: str = "127.0.0.1", port: int = 0, api_keys: Sequence[str] = (),
+                 ready_timeout: float = 120.0, quiet: bool = True) -> Iterator[str]:
     """Start llama.cpp's OpenAI-compatible server in this process; yield its base URL (``http://127.0.0.1:PORT``).
 
     ``n_ctx`` is the total context, shared by the ``n_parallel`` slots (each slot gets ``n_ctx / n_parallel``
-    tokens). ``port=0`` picks a free port. The server is stopped and the model freed on exit.
+    tokens). ``port=0`` picks a free port. ``api_keys``: when given, the server requires one of them as a bearer
+    token (like a hosted endpoint). The server is stopped and the model freed on exit.
     """
     try:
         import xllamacpp
@@ -88,6 +89,8 @@ def llama_server(gguf_path: str | Path, n_ctx: int = 2048, n_threads: int = 2, *
     params.hostnames = [host]
     params.port = port
     params.warmup = False
+    if api_keys:
+        params.api_keys = list(api_keys)
     if quiet:
         params.verbosity = -1
     try:
@@ -129,3 +132,7 @@ def serve_cmd(model: str, host: str, port: int, n_ctx: int, threads: int, parall
                 time.sleep(3600)
         except KeyboardInterrupt:
             click.echo("stopping", err=True)
+
+
+if __name__ == "__main__":  # python -m valuelens.serve --model smollm2
+    serve_cmd()
