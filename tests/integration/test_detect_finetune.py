@@ -138,7 +138,7 @@ def test_resume_equals_uninterrupted(splits: tuple, tmp_path: Path) -> None:
 def test_prompt_tuning_trains_only_prompt_and_head(kind: str, splits: tuple, tmp_path: Path) -> None:
     train, valid = splits
     base = TrainConfig(epochs=1, max_train=64, batch_size=16, threshold_source="none", bf16=True)
-    cfg = soft_prompt_config(base, prompt_len=4) if kind == "soft" else hard_template_config(base)
+    cfg = soft_prompt_config(base, prompt_len=4) if kind == "soft" else hard_template_config(base, epochs=3)
     res = train_detector(train, valid.head(40), cfg, tmp_path, progress=False)
     fresh = ValueDetector.build("minilm")
     for (k, a), (_, b) in zip(res.model.encoder.state_dict().items(), fresh.encoder.state_dict().items(),

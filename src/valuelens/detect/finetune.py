@@ -215,6 +215,10 @@ class ValueDetector(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
         """Logits ``[B, C]``."""
+        return self.head(self.dropout(self.features(input_ids, attention_mask)))
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output ``[B, H]`` (float32), the head's input."""
         if self.soft_prompt is not None:
             emb = self.encoder.get_input_embeddings()(input_ids)
             b = input_ids.shape[0]
@@ -242,7 +246,7 @@ class ValueDetector(nn.Module):
         else:
             m = mask.unsqueeze(-1).to(h.dtype)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return self.head(self.dropout(pooled.float()))
+        return pooled.float()
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 64, bf16: bool = False,
@@ -285,6 +289,25 @@ def predict_proba(model: ValueDetector, texts: Sequence[str], *, batch_size: int
 
 
 # ------------------------------------------------------------------------------------------------ training
+
+def _cached_features(model: ValueDetector, texts: Sequence[str], *, batch_size: int, bf16: bool,
+                     progress: bool) -> torch.Tensor:
+    """Pooled features of a frozen encoder, computed once (eval mode: no dropout inside the encoder)."""
+    from tqdm.auto import tqdm
+
+    was = model.training
+    model.eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = torch.zeros((len(texts), int(model.encoder.config.hidden_size)))
+    with torch.no_grad():
+        for s in tqdm(range(0, len(texts), batch_size), desc="features", disable=not progress, leave=False):
+            idx = order[s:s + batch_size]
+            enc = model.tokenize([texts[i] for i in idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out[torch.as_tensor(idx)] = model.features(enc["input_ids"], enc["attention_mask"]).float()
+    model.train(was)
+    return out
+
 
 def heldout_split(split: ValueEvalSplit, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, held-out) with whole conclusions held out (like the official splits, so no leakage)."""
@@ -455,6 +478,15 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     pos = y.sum(0).clamp(min=1.0)
     loss_fn = _loss_fn(config.loss, torch.sqrt((len(y) - pos) / pos))
     texts = fit.texts()
+    # A frozen encoder without a soft prompt gives the same features every epoch: compute them once and
+    # train only the head on them (hard template, linear probe). Dropout inside the encoder is then off.
+    cache = config.train_layers == 0 and config.prompt_len == 0
+    fit_feats = dev_feats = None
+    if cache:
+        fit_feats = _cached_features(model, texts, batch_size=config.eval_batch_size, bf16=config.bf16,
+                                     progress=progress)
+        dev_feats = _cached_features(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16,
+                                     progress=progress)
 
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0,
                              "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
@@ -476,9 +508,12 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
         losses: list[float] = state.get("epoch_losses", [])
         for b in range(state["step_in_epoch"], steps_per_epoch):
             idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-            enc = model.tokenize([texts[i] for i in idx])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logits = model(**enc)
+            if fit_feats is not None:
+                logits = model.head(model.dropout(fit_feats[torch.as_tensor(idx)]))
+            else:
+                enc = model.tokenize([texts[i] for i in idx])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    logits = model(**enc)
             loss = loss_fn(logits.float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -504,7 +539,12 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
         bar.close()
         state["train_seconds"] += time.time() - t0
         # End of epoch: score the dev set with thresholds tuned on it (the early-stopping criterion).
-        probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
+        if dev_feats is not None:
+            model.eval()
+            with torch.no_grad():
+                probs = torch.sigmoid(model.head(dev_feats)).numpy()
+        else:
+            probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
         th = tune_thresholds(probs, dev.labels)
         dev_f1 = evaluate(dev.labels, apply_thresholds(probs, th)).f1
         rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
