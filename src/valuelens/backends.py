@@ -204,7 +204,7 @@ class OpenAIBackend:
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
-                 max_retries: int = 3, backoff: float = 0.5, concurrency: int = 4) -> None:
+                 max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4) -> None:
         p = urllib.parse.urlsplit(base_url)
         if p.scheme not in ("http", "https") or not p.netloc:
             raise ConfigError(f"base URL must start with http:// or https:// and name a host, got {base_url!r}")

@@ -48,18 +48,25 @@ def resolve_gguf(model: str | Path) -> Path:
 
 
 def _wait_ready(url: str, timeout: float) -> None:
+    """Wait until the server answers a one-token chat (``/health`` can say "ok" while chats still get 503)."""
     deadline = time.time() + timeout
+    body = json.dumps({"model": "probe", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                       "temperature": 0}).encode()
     last = ""
     while time.time() < deadline:
+        req = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                status = json.loads(resp.read() or b"{}").get("status", "ok")
-                if resp.status == 200 and status == "ok":
-                    return
-                last = str(status)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                resp.read()
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):  # protected by an API key: it is up
+                return
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
-        time.sleep(0.1)
+        time.sleep(0.2)
     raise ModelError(f"the llama.cpp server at {url} did not become ready within {timeout:g} s ({last})")
 
 
