@@ -21,6 +21,8 @@ _COMMANDS: dict[str, str] = {
     "models": "valuelens.commands:models_cmd",
     "demo": "valuelens.commands:demo_cmd",
     "detect": "valuelens.detect.cli:detect",
+    "extract": "valuelens.commands:extract_cmd",
+    "report": "valuelens.report:report_cmd",
 }
 
 

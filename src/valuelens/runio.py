@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -53,6 +54,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; run outputs are meant to be shared, so use the umask's default mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -165,7 +170,7 @@ def write_manifest(folder: str | os.PathLike[str], *, stage: str, config: dict[s
         "stage": stage,
         "created_unix": time.time(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "config": config,
         "versions": package_versions(),
         "platform": {"machine": platform.machine(), "system": platform.system(),
