@@ -20,7 +20,7 @@ from valuelens.evals.questionnaire import (
 from valuelens.evals.scoring import end_of_turn_id, option_logprobs, softmax
 from valuelens.hooks import Steer, add_vectors
 from valuelens.models import NO_SYSTEM, ChatRenderer, LoadedModel, get_arch_spec
-from valuelens.testing import tiny_llama
+from valuelens.testing import tiny_gpt2, tiny_llama, tiny_qwen2
 
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
@@ -44,8 +44,8 @@ def make_tokenizer(template: str | None = CHATML) -> PreTrainedTokenizerFast:
     return tok
 
 
-def make_lm(seed: int = 0, template: str | None = CHATML) -> LoadedModel:
-    model = tiny_llama(seed)
+def make_lm(seed: int = 0, template: str | None = CHATML, build=tiny_llama) -> LoadedModel:
+    model = build(seed)
     tok = make_tokenizer(template)
     return LoadedModel(model=model, tokenizer=tok, spec=get_arch_spec(model),
                        chat=ChatRenderer(tok, allow_plain=template is None), name="tiny", source="test",
@@ -114,6 +114,17 @@ def test_prefix_option_is_not_favoured_thanks_to_end_of_turn(lm):
     assert without[0] >= without[1]
     with_eot = option_logprobs(lm, p, opts)[0].sum
     assert not np.allclose(with_eot, without)
+
+
+@pytest.mark.parametrize("build", [tiny_qwen2, tiny_gpt2])
+def test_shared_prefix_equals_full_pass_on_other_families(build):
+    lm = make_lm(build=build)
+    prompts = _rendered(lm)
+    shared = option_logprobs(lm, prompts, OPTIONS, batch_size=3)
+    full = option_logprobs(lm, prompts, OPTIONS, batch_size=3, share_prefix=False)
+    for a, b, p, opts in zip(shared, full, prompts, OPTIONS, strict=True):
+        np.testing.assert_allclose(a.sum, b.sum, atol=1e-4)
+        np.testing.assert_allclose(a.sum, [brute_force(lm, p, o) for o in opts], atol=1e-4)
 
 
 def test_invariant_to_option_order(lm):

@@ -4,8 +4,8 @@
 ``alpha_rel · mean‖h_l‖ · v̂`` to the residual stream at layer l, where v̂ is the unit steering direction and
 mean‖h_l‖ is the mean Euclidean norm of that layer's residual stream over ordinary tokens
 (:func:`residual_norms`). So ``alpha_rel = 1`` adds a vector as long as a typical residual vector at that layer,
-whatever the layer, the model or the raw length of v. This makes α comparable across layers (residual norms
-here grow from ~50 at layer 0 to ~500 at layer 29 in SmolLM2) and across models. The first token of every text
+whatever the layer, the model or the raw length of v. This makes α comparable across layers (in SmolLM2 the
+mean norm grows from ~47 at layer 0 to ~830 at layer 29) and across models. The first token of every text
 is left out of the mean: it is an "attention sink" whose norm is 100× the others in many models (22,800 vs ~170
 in SmolLM2's middle layers) and would otherwise dominate the mean.
 

@@ -227,16 +227,15 @@ def _finite(lp: Tensor) -> Tensor:
 
 def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[list[int]]]) -> list[list[Tensor]]:
     """Prompt pass with a KV cache, then all options of all prompts in one pass on the repeated cache."""
-    from transformers import DynamicCache
-
     model, dev, pad = lm.model, lm.device, _pad_id(lm)
     ids, mask = _left_pad(prompts, pad, dev)
-    cache = DynamicCache()
     kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    res = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask),
-                past_key_values=cache, use_cache=True, **kw)
+    # The model builds the cache type its config needs (e.g. sliding-window layers).
+    res = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask), use_cache=True, **kw)
     first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]: next-token after each prompt
     cache = res.past_key_values
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        raise ModelError("this model returns no reusable KV cache; score options with share_prefix=False")
 
     rep = [b for b, opts in enumerate(options) for _ in opts]
     flat = [o for opts in options for o in opts]
