@@ -176,8 +176,10 @@ def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str
 @click.option("--max-train", type=int, default=None, help="use only the first N training arguments")
 @click.option("--max-eval", type=int, default=None, help="score only the first N evaluation arguments")
 @click.option("--llm", "llm_spec", default=None, help="LLM backend, e.g. local:smollm2 or openai:URL#model")
+@click.option("--prompt-epochs", type=int, default=None,
+              help="epochs of soft-prompt tuning (default --epochs; the hard template early-stops by itself)")
 def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: str, epochs: int, bf16: bool,
-                max_train: int | None, max_eval: int | None, llm_spec: str | None) -> None:
+                max_train: int | None, max_eval: int | None, llm_spec: str | None, prompt_epochs: int | None) -> None:
     """Train and evaluate several methods on the same split; write one table (CSV, Markdown, PNG)."""
     from .compare import compare
 
@@ -185,7 +187,8 @@ def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: s
     if not names:
         raise ConfigError("--methods is empty")
     table = compare(names, split, out, data_dir=_data_dir(data), encoder=encoder, epochs=epochs, bf16=bf16,
-                    max_train=max_train, max_eval=max_eval, llm_spec=llm_spec, log=_echo)
+                    max_train=max_train, max_eval=max_eval, llm_spec=llm_spec, prompt_epochs=prompt_epochs,
+                    log=_echo)
     click.echo(table)
 
 

@@ -52,13 +52,14 @@ def _row(name: str, gold: np.ndarray, pred: np.ndarray, probs: np.ndarray | None
 
 
 def _neural(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path, *, encoder: str, epochs: int,
-            bf16: bool, log: Callable[[str], None]) -> dict[str, Any]:
+            bf16: bool, log: Callable[[str], None], prompt_epochs: int | None = None) -> dict[str, Any]:
     from .finetune import TrainConfig, ValueDetector, train_detector
     from .prompt_tune import hard_template_config, soft_prompt_config
 
     base = TrainConfig(encoder=encoder, epochs=epochs, bf16=bf16)
     cfg = {"finetune": base, "finetune-top2": replace(base, train_layers=2, lr=1e-4),
-           "soft-prompt": soft_prompt_config(base), "hard-template": hard_template_config(base)}[method]
+           "soft-prompt": replace(soft_prompt_config(base), epochs=prompt_epochs or epochs),
+           "hard-template": hard_template_config(base)}[method]
     res = train_detector(train, valid, cfg, folder / "run", log=log)
     det = ValueDetector.from_pretrained(folder / "run" / "model")
     t0 = time.time()
@@ -106,7 +107,7 @@ def _llm(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path
 
 def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: str | Path,
             encoder: str = "minilm", epochs: int = 4, bf16: bool = True, max_train: int | None = None,
-            max_eval: int | None = None, llm_spec: str | None = None,
+            max_eval: int | None = None, llm_spec: str | None = None, prompt_epochs: int | None = None,
             log: Callable[[str], None] | None = None) -> str:
     """Run every method in ``methods`` on ``split`` and write ``results.csv``, ``results.md``,
     ``results.png`` and ``manifest.json`` into ``out_dir``. Returns the Markdown table."""
@@ -149,7 +150,8 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
         elif m.startswith("llm-"):
             row = _llm(m, train, valid, folder, llm_spec, say)
         else:
-            row = _neural(m, train, valid, folder, encoder=encoder, epochs=epochs, bf16=bf16, log=say)
+            row = _neural(m, train, valid, folder, encoder=encoder, epochs=epochs, bf16=bf16, log=say,
+                          prompt_epochs=prompt_epochs)
         row["description"] = METHODS[m]
         atomic_write_json(result, row)
         say(f"{m}: macro F1 {row['f1']:.4f} (P {row['precision']:.4f}, R {row['recall']:.4f})")
@@ -159,7 +161,7 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
     md = _write_outputs(out, rows, split)
     write_manifest(out, stage="detect-compare", config={
         "methods": methods, "split": split, "data_dir": str(data_dir), "encoder": encoder, "epochs": epochs,
-        "bf16": bf16, "max_train": max_train, "max_eval": max_eval, "llm": llm_spec,
+        "bf16": bf16, "max_train": max_train, "max_eval": max_eval, "llm": llm_spec, "prompt_epochs": prompt_epochs,
         "n_train": len(train), "n_eval": len(valid)})
     return md
 

@@ -482,11 +482,14 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     # train only the head on them (hard template, linear probe). Dropout inside the encoder is then off.
     cache = config.train_layers == 0 and config.prompt_len == 0
     fit_feats = dev_feats = None
+    t_feat = time.time()
     if cache:
         fit_feats = _cached_features(model, texts, batch_size=config.eval_batch_size, bf16=config.bf16,
                                      progress=progress)
         dev_feats = _cached_features(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16,
                                      progress=progress)
+    # Feature extraction is part of the training cost of a frozen-encoder method (recomputed on resume).
+    feature_seconds = time.time() - t_feat if cache else 0.0
 
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0,
                              "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
@@ -587,14 +590,15 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     inf_seconds = time.time() - t_inf
     scores, th, th_info = finalize_thresholds(model, config, dev, valid, val_probs)
     model.thresholds = th
+    train_seconds = state["train_seconds"] + feature_seconds
     model.info.update({"history": state["history"], "best_epoch": state["best_epoch"],
-                       "train_seconds": state["train_seconds"], "scores": scores})
+                       "train_seconds": train_seconds, "feature_seconds": feature_seconds, "scores": scores})
     model.save_pretrained(out / "model", threshold_info=th_info)
     np.save(out / "valid_probs.npy", val_probs)
     scores["inference_per_second"] = len(valid) / max(inf_seconds, 1e-9)
     atomic_write_json(out / "scores.json", scores)
-    return TrainResult(model=model, history=state["history"], scores=scores,
-                       train_seconds=state["train_seconds"], out_dir=out)
+    return TrainResult(model=model, history=state["history"], scores=scores, train_seconds=train_seconds,
+                       out_dir=out)
 
 
 def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEvalSplit, valid: ValueEvalSplit,
