@@ -23,6 +23,8 @@ _COMMANDS: dict[str, str] = {
     "detect": "valuelens.detect.cli:detect",
     "extract": "valuelens.commands:extract_cmd",
     "report": "valuelens.report:report_cmd",
+    "analyze": "valuelens.commands:analyze_cmd",
+    "run": "valuelens.commands:run_cmd",
 }
 
 

@@ -74,3 +74,121 @@ def demo_cmd(model_name: str, value_name: str, max_new_tokens: int, bf16: bool) 
         click.echo(f"{layer:>5}  {cos[layer].item():7.4f}  {(a[layer] - b[layer]).norm().item():7.2f}  "
                    f"{a[layer].norm().item():7.2f}")
     click.echo(f"\ndone in {time.time() - t0:.1f}s")
+
+
+def _load_config_file(path: str | None) -> dict:
+    import json
+    from pathlib import Path
+
+    from .errors import DataError
+
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml/json parse errors carry line numbers in their message
+        raise DataError(f"{p}: cannot parse config ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{p}: config must be a mapping of keys to values")
+    return data
+
+
+@click.command("extract")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML config file.")
+@click.option("--quick", is_flag=True, help="A few-minute config (3 values, few queries) for smoke tests.")
+@click.option("--model", help="Model short name, GGUF path, folder or hub id (overrides the config).")
+@click.option("--values", help="Comma-separated values (default: all ten).")
+@click.option("--queries", help="Query file (JSONL/CSV/Parquet) or hf:owner/name.")
+@click.option("--judge", help="auto | detector | llm | a trained detector folder.")
+@click.option("--stage", "stages", multiple=True, help="Run only these stages (repeatable): "
+              "prepare, generate, judge, activations, vectors.")
+@click.option("--shard", default=None, help="i/n: process slice i of n (generate, activations).")
+@click.option("--set", "overrides", multiple=True, help="key=value config override (JSON value), repeatable.")
+def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str | None, values: str | None,
+                queries: str | None, judge: str | None, stages: tuple[str, ...], shard: str | None,
+                overrides: tuple[str, ...]) -> None:
+    """Steps 1–6: generate intrinsic and prompted responses, judge them, capture activations, build vectors.
+
+    Interrupted runs resume where they stopped: rerun the same command.
+    """
+    from .extract import ExtractConfig, run_extract
+    from .runio import parse_shard
+
+    cfg_dict = _load_config_file(config_file)
+    cfg_dict.update(_parse_overrides(overrides))
+    for key, val in (("model", model), ("queries", queries), ("judge", judge)):
+        if val is not None:
+            cfg_dict[key] = val
+    if values is not None:
+        cfg_dict["values"] = [v for v in values.split(",") if v.strip()]
+    cfg = ExtractConfig.quick(**cfg_dict) if quick else ExtractConfig.from_dict(cfg_dict)
+    summary = run_extract(out_dir, cfg, stages=list(stages) or None, shard=parse_shard(shard))
+    if summary:
+        click.echo(f"vectors written to {out_dir}/vectors.safetensors; figure layer {summary['layer']}")
+        for s in summary.get("skipped", []):
+            click.echo(f"  skipped {s['value']}/{s['condition']}: {s['expressing']} expressing, "
+                       f"{s['not_expressing']} not expressing (too few)")
+        for v, c in summary.get("cos_int_prompt_at_layer", {}).items():
+            click.echo(f"  cos(v_int, v_prompt) {v:<14} {c:+.3f}")
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@click.command("analyze")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML analyze config.")
+@click.option("--quick", is_flag=True, help="Small sweeps and few items (smoke tests).")
+@click.option("--section", "sections", multiple=True, help="Run only these sections (repeatable).")
+@click.option("--set", "overrides", multiple=True, help="key=value config override (JSON value), repeatable.")
+def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tuple[str, ...],
+                overrides: tuple[str, ...]) -> None:
+    """Steps 7–9 on an extract run: value neurons, steering evaluations with controls, findings."""
+    from .analyze import AnalyzeConfig, run_analyze
+
+    d = _load_config_file(config_file)
+    d.update(_parse_overrides(overrides))
+    if sections:
+        d["sections"] = list(sections)
+    cfg = AnalyzeConfig.quick(**d) if quick else AnalyzeConfig.from_dict(d)
+    for f in run_analyze(run_dir, cfg):
+        click.echo(f"[{f['status']:>14}] {f['id']}: {f['ours']}")
+
+
+@click.command("run")
+@click.option("--out", "out_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False))
+@click.option("--quick", is_flag=True, help="A few-minute configuration (lexicon judge, 3 values, small sweeps).")
+@click.option("--model", help="Model short name, GGUF path, folder or hub id (default: the embedded SmolLM2).")
+@click.option("--extract-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for extract.")
+@click.option("--analyze-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for analyze.")
+@click.option("--data", default=None, help="ValueEval'23 folder for training the detector judge.")
+def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | None, analyze_config: str | None,
+            data: str | None) -> None:
+    """The whole pipeline: detector judge → extract → analyze → report.html (resumable; rerun to continue)."""
+    from .pipeline import run_pipeline
+
+    report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=_load_config_file(extract_config),
+                          analyze_overrides=_load_config_file(analyze_config), data_dir=data)
+    click.echo(f"report: {report}")

@@ -1,0 +1,525 @@
+"""``valuelens extract``: steps 1–6 of the value-mechanism pipeline, as resumable stages over one run folder.
+
+Stages (each reads the previous stage's files, so any can be rerun alone; ``generate`` and ``activations`` also
+work on a slice of their input with ``shard=(i, n)``)::
+
+    prepare      queries.jsonl, items.jsonl (every prompt to answer), config.json, manifest.json
+    generate     responses/responses.shard-I-of-N.jsonl     one record per item, exact rendered prompt included
+    judge        judgments.jsonl, judge_counts.csv          every response labelled for every value
+    activations  activations/chunk-*.safetensors            mean residual over response tokens, all layers
+    vectors      vectors.safetensors, tables/*.csv, figures/*.png
+
+Conditions. *Intrinsic*: each query once, with no value instruction (``intrinsic_system``: ``"none"`` renders no
+system turn at all, ``"default"`` lets the chat template insert its default system prompt; the default here is
+``"none"``, so the only difference between conditions is the value prompt). *Prompted* for value s: a random
+query with a system prompt for s drawn at random from the templates. Intrinsic responses are judged for every
+value; prompted responses are judged for every value too (the vectors use the target value only).
+
+Vectors: v[s, e, l] = mean(expressing) − mean(non-expressing) within condition e, from running sums over the
+activation chunks (memory flat in the number of responses). A value with fewer than ``min_count`` responses on
+either side of a condition is reported in ``judge_counts.csv`` and skipped, never silently averaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DataError
+from .generate import GenerationConfig, GenItem, capture_responses, generate_to_file
+from .models import NO_SYSTEM, TEMPLATE_DEFAULT, LoadedModel, load_model
+from .runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, shard_slice, write_manifest
+from .values import VALUE_NAMES, resolve_values
+
+__all__ = ["STAGES", "ExtractConfig", "run_extract"]
+
+STAGES = ("prepare", "generate", "judge", "activations", "vectors")
+CONDITIONS = ("intrinsic", "prompted")
+
+
+@dataclass
+class ExtractConfig:
+    """Everything that determines an extraction run (saved as ``config.json`` and in the manifest)."""
+
+    model: str = "smollm2"
+    values: list[str] = field(default_factory=lambda: list(VALUE_NAMES))
+    queries: str | None = None  # None = shipped pool; a file path; or hf:owner/name
+    query_column: str = "text"
+    system_prompts: str | None = None  # None = shipped templates
+    n_intrinsic: int = 240  # queries answered without a value prompt (judged for every value)
+    n_prompted_per_value: int = 48  # prompted responses per value
+    intrinsic_system: str = "none"  # "none" (no system turn) | "default" (template's default system prompt)
+    max_new_tokens: int = 64
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    batch_size: int = 16
+    gen_bf16: bool = True  # generation under CPU bf16 autocast (~2× faster); capture stays float32
+    capture_bf16: bool = False
+    capture_batch_size: int = 16
+    chunk_size: int = 64  # responses per activation file
+    judge: str = "auto"  # "auto" | "detector" | "llm" | a detector folder
+    judge_options: dict[str, Any] = field(default_factory=dict)
+    min_count: int = 5  # responses needed on each side for a vector
+    # "judge": expressing = the judge's binary label (the paper's definition). "rank": within each value and
+    # condition, the top `rank_fraction` of responses by judge score vs the bottom `rank_fraction` ("more vs
+    # less expressing") — for judges that are miscalibrated on chat text and label (almost) everything alike.
+    label_mode: str = "judge"
+    rank_fraction: float = 0.5
+    layer: int | str = "auto"  # layer for the cross-value figures; "auto" picks by separation
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown extract config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> ExtractConfig:
+        """A few-minute config for tests and smoke runs: 3 values, few queries, short answers."""
+        base = dict(values=["Benevolence", "Power", "Tradition"], n_intrinsic=24, n_prompted_per_value=8,
+                    max_new_tokens=32, batch_size=8, chunk_size=16, min_count=2, label_mode="rank")
+        base.update(overrides)
+        return cls.from_dict(base)
+
+    def validate(self) -> None:
+        self.values = [v.name for v in resolve_values(self.values)]
+        if self.intrinsic_system not in ("none", "default"):
+            raise ConfigError(f"intrinsic_system must be 'none' or 'default', got {self.intrinsic_system!r}")
+        for name in ("n_intrinsic", "n_prompted_per_value", "max_new_tokens", "batch_size", "chunk_size",
+                     "capture_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.label_mode not in ("judge", "rank"):
+            raise ConfigError(f"label_mode must be 'judge' or 'rank', got {self.label_mode!r}")
+        if not 0 < self.rank_fraction <= 0.5:
+            raise ConfigError("rank_fraction must be in (0, 0.5]")
+        if self.min_count < 1:
+            raise ConfigError("min_count must be >= 1")
+
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                batch_size=self.batch_size, bf16=self.gen_bf16)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage: prepare
+
+
+def _prepare(run: Path, cfg: ExtractConfig, lm: LoadedModel) -> list[dict[str, Any]]:
+    from .datasets import load_queries, load_system_prompts
+
+    queries = load_queries(cfg.queries, column=cfg.query_column)
+    if not queries:
+        raise DataError(f"{cfg.queries or 'shipped queries'}: no queries")
+    templates = load_system_prompts(cfg.system_prompts, values=cfg.values)
+    rng = random.Random(cfg.seed)
+    order = list(range(len(queries)))
+    rng.shuffle(order)
+    intrinsic_q = [queries[i] for i in order[: min(cfg.n_intrinsic, len(queries))]]
+    intrinsic_mode = NO_SYSTEM if cfg.intrinsic_system == "none" else TEMPLATE_DEFAULT
+    items: list[dict[str, Any]] = []
+    for q in intrinsic_q:
+        p = lm.chat.render(q.text, intrinsic_mode)
+        items.append({"id": f"intrinsic/{q.id}", "condition": "intrinsic", "target_value": None,
+                      "query_id": q.id, "query": q.text, "template_id": None, "prompt": p.to_dict()})
+    for value in cfg.values:
+        vrng = random.Random(f"{cfg.seed}/{value}")
+        pool = list(range(len(queries)))
+        vrng.shuffle(pool)
+        for j in range(cfg.n_prompted_per_value):
+            q = queries[pool[j % len(pool)]]
+            t = vrng.choice(templates[value])
+            p = lm.chat.render(q.text, t.text)
+            items.append({"id": f"prompted/{value}/{j:04d}", "condition": "prompted", "target_value": value,
+                          "query_id": q.id, "query": q.text, "template_id": t.id, "prompt": p.to_dict()})
+    atomic_write_text(run / "queries.jsonl", "".join(json.dumps({"id": q.id, "text": q.text}, ensure_ascii=False)
+                                                     + "\n" for q in queries))
+    atomic_write_text(run / "items.jsonl", "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
+    return items
+
+
+def _load_items(run: Path) -> list[dict[str, Any]]:
+    items = read_jsonl(run / "items.jsonl", allow_torn_tail=False)
+    if not items:
+        raise DataError(f"{run}: stage 'prepare' has not run (no items.jsonl); run `valuelens extract` first")
+    return items
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage: generate
+
+
+def _shard_file(run: Path, shard: tuple[int, int]) -> Path:
+    return run / "responses" / f"responses.shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def _generate(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[int, int]) -> None:
+    from .models import RenderedPrompt
+
+    items = shard_slice(_load_items(run), shard)
+    gen_items = [GenItem(id=it["id"], prompt=RenderedPrompt(**it["prompt"]),
+                         meta={k: it[k] for k in ("condition", "target_value", "query_id", "template_id")})
+                 for it in items]
+    generate_to_file(lm, gen_items, _shard_file(run, shard), cfg.generation(),
+                     desc=f"generate {shard[0]}/{shard[1]}")
+
+
+def load_responses(run: Path) -> list[dict[str, Any]]:
+    """All generated responses of a run, in item order; an error if any item has no response yet."""
+    items = _load_items(run)
+    files = sorted((run / "responses").glob("responses.shard-*.jsonl"))
+    by_id: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for r in read_jsonl(f):
+            by_id[r["id"]] = r
+    missing = [it["id"] for it in items if it["id"] not in by_id]
+    if missing:
+        raise DataError(f"{run}: {len(missing)} of {len(items)} items have no response yet (first: {missing[0]}); "
+                        "run the 'generate' stage (for every shard) first")
+    return [by_id[it["id"]] for it in items]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage: judge
+
+
+def make_judge(cfg: ExtractConfig, lm: LoadedModel | None = None) -> Any:
+    """Resolve the configured judge. ``auto``: the trained detector if one exists, else the LLM judge."""
+    from .judges import get_judge
+
+    name, opts = cfg.judge, dict(cfg.judge_options)
+    if name == "auto":
+        from .detect.encoders import cache_dir as det_cache
+
+        default = det_cache() / "detectors" / "minilm-v1"
+        if (default / "detector.json").exists() or "model" in opts:
+            name = "detector"
+        else:
+            print("valuelens: no trained detector found; falling back to the LLM judge on the same model "
+                  "(train one with `valuelens detect train`)")
+            name = "llm"
+            opts.setdefault("backend_spec", f"local:{cfg.model}")
+    elif Path(name).expanduser().is_dir():
+        opts["model"], name = name, "detector"
+    return get_judge(name, **opts)
+
+
+def _judge(run: Path, cfg: ExtractConfig) -> None:
+    responses = load_responses(run)
+    out = run / "judgments.jsonl"
+    done = {r["id"] for r in read_jsonl(out)}
+    todo = [r for r in responses if r["id"] not in done]
+    if todo:
+        judge = make_judge(cfg)
+        atomic_write_json(run / "judge.json", judge.describe())
+        from .runio import JsonlWriter
+
+        step = 256
+        with JsonlWriter(out) as w:
+            for s in tqdm(range(0, len(todo), step), desc="judge", leave=False):
+                part = todo[s:s + step]
+                texts = [r["response"] for r in part]
+                res = judge.judge(texts, cfg.values, contexts=[r["prompt"]["user"] for r in part])
+                rows = []
+                for i, r in enumerate(part):
+                    empty = not r["response"].strip()
+                    labels = {v.name: (None if (empty or not res.valid[i, j]) else int(res.labels[i, j]))
+                              for j, v in enumerate(res.values)}
+                    scores = {v.name: (None if np.isnan(res.scores[i, j]) else round(float(res.scores[i, j]), 5))
+                              for j, v in enumerate(res.values)}
+                    rows.append({"id": r["id"], "labels": labels, "scores": scores})
+                w.write_many(rows)
+    _write_judge_counts(run, cfg, responses)
+
+
+def load_judgments(run: Path) -> dict[str, dict[str, Any]]:
+    rows = {r["id"]: r for r in read_jsonl(run / "judgments.jsonl")}
+    if not rows:
+        raise DataError(f"{run}: stage 'judge' has not run (no judgments.jsonl)")
+    return rows
+
+
+def _label_groups(cfg: ExtractConfig, responses: Sequence[dict[str, Any]], judgments: dict[str, dict[str, Any]]
+                  ) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """``{(value, condition): {"pos": [ids], "neg": [ids], "invalid": [ids]}}`` under ``cfg.label_mode``."""
+    groups: dict[tuple[str, str], dict[str, list[str]]] = {
+        (v, c): {"pos": [], "neg": [], "invalid": []} for v in cfg.values for c in CONDITIONS}
+    scored: dict[tuple[str, str], list[tuple[float, str]]] = {k: [] for k in groups}
+    for r in responses:
+        j = judgments.get(r["id"])
+        vals = cfg.values if r["condition"] == "intrinsic" else [r["target_value"]]
+        for v in vals:
+            lab = None if j is None else j["labels"].get(v)
+            score = None if j is None else j.get("scores", {}).get(v)
+            key = (v, r["condition"])
+            if lab is None or (cfg.label_mode == "rank" and score is None):
+                groups[key]["invalid"].append(r["id"])
+            elif cfg.label_mode == "judge":
+                groups[key]["pos" if lab else "neg"].append(r["id"])
+            else:
+                scored[key].append((float(score), r["id"]))
+    if cfg.label_mode == "rank":
+        for key, items in scored.items():
+            items.sort(key=lambda t: (t[0], t[1]))  # ties broken by id: deterministic
+            k = int(len(items) * cfg.rank_fraction)
+            groups[key]["neg"] = [i for _, i in items[:k]]
+            groups[key]["pos"] = [i for _, i in items[len(items) - k:]] if k else []
+    return groups
+
+
+def _write_judge_counts(run: Path, cfg: ExtractConfig, responses: Sequence[dict[str, Any]]) -> None:
+    groups = _label_groups(cfg, responses, load_judgments(run))
+    lines = ["value,condition,expressing,not_expressing,invalid,usable"]
+    for (v, c), g in groups.items():
+        usable = len(g["pos"]) >= cfg.min_count and len(g["neg"]) >= cfg.min_count
+        lines.append(f"{v},{c},{len(g['pos'])},{len(g['neg'])},{len(g['invalid'])},{int(usable)}")
+    atomic_write_text(run / "tables" / "judge_counts.csv", "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage: activations
+
+
+def _chunk_path(run: Path, index: int) -> Path:
+    return run / "activations" / f"chunk-{index:05d}.safetensors"
+
+
+def _activations(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[int, int]) -> None:
+    responses = [r for r in load_responses(run) if r["response_ids"]]
+    chunks = [responses[i:i + cfg.chunk_size] for i in range(0, len(responses), cfg.chunk_size)]
+    mine = shard_slice(list(enumerate(chunks)), shard)
+    for ci, chunk in tqdm(mine, desc="activations", unit="chunk", leave=False):
+        path = _chunk_path(run, ci)
+        ids = [r["id"] for r in chunk]
+        if path.exists() and _chunk_ids(path) == ids:
+            continue  # written by an earlier (interrupted) run
+        acts: dict[str, torch.Tensor] = {}
+        for bid, a in capture_responses(lm, chunk, batch_size=cfg.capture_batch_size, bf16=cfg.capture_bf16):
+            for i, t in zip(bid, a, strict=True):
+                acts[i] = t
+        stacked = torch.stack([acts[i] for i in ids]).to(torch.float32).contiguous()  # [n, L, D]
+        meta = {"ids": json.dumps(ids), "model_hash": lm.model_hash, "reduction": "mean over response tokens",
+                "layers": json.dumps(list(range(lm.spec.n_layers)))}
+        with atomic_path(path) as tmp:
+            save_file({"acts": stacked}, str(tmp), metadata=meta)
+
+
+def _chunk_ids(path: Path) -> list[str]:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("ids", "[]"))
+
+
+def iter_activation_chunks(run: Path, expected_hash: str | None = None):  # type: ignore[no-untyped-def]
+    """Yield ``(ids, acts [n, L, D])`` for every chunk of a run, checking they cover every response."""
+    files = sorted((run / "activations").glob("chunk-*.safetensors"))
+    if not files:
+        raise DataError(f"{run}: stage 'activations' has not run (no activations/chunk-*.safetensors)")
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if expected_hash and meta.get("model_hash") != expected_hash:
+                raise ConfigError(f"{f}: activations come from another model ({meta.get('model_hash', '?')[:12]}…)")
+            yield json.loads(meta["ids"]), fh.get_tensor("acts")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage: vectors
+
+
+def _vectors(run: Path, cfg: ExtractConfig, model_info: dict[str, Any]) -> dict[str, Any]:
+    from .vectors import GroupMeans, ValueVectors, cosine_by_layer, norms_by_layer
+
+    responses = load_responses(run)
+    judgments = load_judgments(run)
+    groups = _label_groups(cfg, responses, judgments)
+    membership: dict[str, list[tuple[str, str, str]]] = {}
+    for (v, c), g in groups.items():
+        for side in ("pos", "neg"):
+            for rid in g[side]:
+                membership.setdefault(rid, []).append((v, c, side))
+    gm = GroupMeans()
+    all_mean = GroupMeans()
+    seen: set[str] = set()
+    for ids, acts in iter_activation_chunks(run, model_info["model_hash"]):
+        all_mean.add(acts, ["all"] * len(ids))
+        for i, rid in enumerate(ids):
+            seen.add(rid)
+            for key in membership.get(rid, []):
+                gm.add(acts[i:i + 1], [key])
+    missing = [rid for rid in membership if rid not in seen]
+    nonempty = {r["id"] for r in responses if r["response_ids"]}
+    missing = [m for m in missing if m in nonempty]
+    if missing:
+        raise DataError(f"{run}: {len(missing)} responses have no activations (first: {missing[0]}); "
+                        "run the 'activations' stage for every shard")
+    n_layers, d_model = model_info["n_layers"], model_info["d_model"]
+    vv = ValueVectors(model_hash=model_info["model_hash"], n_layers=n_layers, d_model=d_model,
+                      layers=list(range(n_layers)), judge=json.dumps(_judge_identity(run)))
+    skipped: list[dict[str, Any]] = []
+    for (v, c), g in groups.items():
+        n_pos, n_neg = gm.count((v, c, "pos")) if (v, c, "pos") in gm.groups else 0, \
+            gm.count((v, c, "neg")) if (v, c, "neg") in gm.groups else 0
+        if n_pos < cfg.min_count or n_neg < cfg.min_count:
+            skipped.append({"value": v, "condition": c, "expressing": n_pos, "not_expressing": n_neg})
+            continue
+        vec = gm.mean((v, c, "pos")) - gm.mean((v, c, "neg"))
+        vv.set(v, c, vec.float(), pos=n_pos, neg=n_neg, invalid=len(g["invalid"]))
+    vv.set_extra("mean_activation", all_mean.mean("all").float())
+    vv.metadata.update({"skipped": skipped, "config": cfg.to_dict()})
+    vv = vv.with_decomposition()
+    vv.save(run / "vectors.safetensors")
+
+    # Tables.
+    mean_norm = norms_by_layer(all_mean.mean("all"))  # ‖mean residual‖ per layer, for relative scales
+    rows = ["value,layer,cos_int_prompt,norm_int,norm_prompt,rel_norm_int,rel_norm_prompt"]
+    both = [v for v in vv.values if (v, "intrinsic") in vv.vectors and (v, "prompted") in vv.vectors]
+    for v in vv.values:
+        a = vv.vectors.get((v, "intrinsic"))
+        b = vv.vectors.get((v, "prompted"))
+        cos = cosine_by_layer(a, b) if a is not None and b is not None else None
+        na = norms_by_layer(a) if a is not None else None
+        nb = norms_by_layer(b) if b is not None else None
+        for li in range(n_layers):
+            def f(x: torch.Tensor | None, li: int = li) -> str:
+                return "" if x is None else f"{float(x[li]):.6g}"
+            ra = None if na is None else na / mean_norm
+            rb = None if nb is None else nb / mean_norm
+            rows.append(f"{v},{li},{f(cos)},{f(na)},{f(nb)},{f(ra)},{f(rb)}")
+    atomic_write_text(run / "tables" / "vectors_by_layer.csv", "\n".join(rows) + "\n")
+    stats = vv.metadata.get("compliance_stats")
+    if stats:
+        keys = [k for k in stats if isinstance(stats[k], list) and len(stats[k]) == n_layers]
+        lines = ["layer," + ",".join(keys)]
+        for li in range(n_layers):
+            lines.append(f"{li}," + ",".join(f"{stats[k][li]:.6g}" for k in keys))
+        atomic_write_text(run / "tables" / "compliance_by_layer.csv", "\n".join(lines) + "\n")
+    layer = _choose_layer(cfg, vv, mean_norm)
+    summary = {"layer": layer, "values_with_both": both, "skipped": skipped,
+               "n_responses": len(responses), "n_empty": len(responses) - len(nonempty)}
+    if stats:
+        summary["compliance_at_layer"] = {k: stats[k][layer] for k in stats
+                                          if isinstance(stats[k], list) and len(stats[k]) == n_layers}
+    if both:
+        summary["cos_int_prompt_at_layer"] = {v: float(cosine_by_layer(vv.get(v, "intrinsic"),
+                                                                       vv.get(v, "prompted"))[layer]) for v in both}
+    atomic_write_json(run / "vectors_summary.json", summary)
+    from .report import extract_figures
+
+    extract_figures(run, vv, layer)
+    return summary
+
+
+def _judge_identity(run: Path) -> dict[str, Any]:
+    p = run / "judge.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _choose_layer(cfg: ExtractConfig, vv: Any, mean_norm: torch.Tensor) -> int:
+    """The layer for cross-value figures: configured, or the middle-band layer where v_int is largest
+    relative to the residual norm (mean over values) — where intrinsic expression is most separable."""
+    n = vv.n_layers
+    if cfg.layer != "auto":
+        layer = int(cfg.layer)
+        if not 0 <= layer < n:
+            raise ConfigError(f"layer {layer} is out of range: this model has {n} layers (0..{n - 1})")
+        return layer
+    ints = [vv.vectors[(v, "intrinsic")] for v in vv.values if (v, "intrinsic") in vv.vectors]
+    if not ints:
+        return round(0.6 * (n - 1))
+    rel = torch.stack([x.norm(dim=-1) for x in ints]).mean(0) / mean_norm.float().clamp(min=1e-6)
+    lo, hi = n // 4, max(n // 4 + 1, (3 * n) // 4)
+    return int(lo + torch.argmax(rel[lo:hi]).item())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _config_hash(cfg: ExtractConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_extract(run_dir: str | Path, cfg: ExtractConfig, *, stages: Sequence[str] | None = None,
+                shard: tuple[int, int] = (0, 1), lm: LoadedModel | None = None) -> dict[str, Any]:
+    """Run (or resume) the extraction stages into ``run_dir``; returns the vectors summary when computed.
+
+    A run folder is tied to its config: resuming with a different config is an error (use a new folder).
+    """
+    run = Path(run_dir)
+    stages = list(stages or STAGES)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}")
+    cfg.validate()
+    cfg_path = run / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old.get("extract") != cfg.to_dict():
+            diff = sorted(k for k in cfg.to_dict() if old.get("extract", {}).get(k) != cfg.to_dict()[k])
+            raise ConfigError(f"{run} was created with a different config (differs in: {', '.join(diff)}); "
+                              "use a new --out folder or the same config")
+    run.mkdir(parents=True, exist_ok=True)
+    need_model = any(s in stages for s in ("prepare", "generate", "activations", "vectors"))
+    if lm is None and need_model:
+        lm = load_model(cfg.model)
+    model_info = lm.describe() if lm is not None else json.loads((run / "model.json").read_text())
+    if (run / "model.json").exists():
+        prev = json.loads((run / "model.json").read_text())
+        if prev.get("model_hash") != model_info.get("model_hash"):
+            raise ConfigError(f"{run} holds outputs of another model ({prev.get('model_hash', '?')[:12]}…)")
+    atomic_write_json(run / "model.json", model_info)
+    atomic_write_json(cfg_path, {"extract": cfg.to_dict(), "config_hash": _config_hash(cfg)})
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        ts = time.time()
+        if stage == "prepare":
+            if not (run / "items.jsonl").exists():
+                assert lm is not None
+                _prepare(run, cfg, lm)
+        elif stage == "generate":
+            assert lm is not None
+            _generate(run, cfg, lm, shard)
+        elif stage == "judge":
+            _judge(run, cfg)
+        elif stage == "activations":
+            assert lm is not None
+            _activations(run, cfg, lm, shard)
+        elif stage == "vectors":
+            summary = _vectors(run, cfg, model_info)
+        timings[stage] = round(time.time() - ts, 2)
+    data_hashes = {}
+    for name in ("queries.jsonl", "items.jsonl"):
+        p = run / name
+        if p.exists():
+            data_hashes[name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    write_manifest(run, stage="extract", config=cfg.to_dict(), name="manifest.json",
+                   extra={"model": model_info, "data_hashes": data_hashes, "stages_run": stages,
+                          "shard": list(shard), "timings_s": timings, "total_s": round(time.time() - t0, 2),
+                          "judge": _judge_identity(run)})
+    return summary

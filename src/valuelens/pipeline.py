@@ -1,0 +1,97 @@
+"""``valuelens run``: detector → extract → analyze → report in one run folder, resumable stage by stage.
+
+The default judge is the trained value detector (system 2). If none is trained on this machine, the first stage
+trains the default MiniLM detector once (cached in ``$VALUELENS_CACHE/detectors/minilm-v1``, reused by later
+runs). ``--quick`` uses the default detector if present, else a small one trained in about a minute, labels by rank
+(top vs bottom half of judge scores), and small sweeps, so the whole pipeline runs in a few minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .analyze import AnalyzeConfig, run_analyze
+from .extract import ExtractConfig, run_extract
+from .models import load_model
+from .runio import write_manifest
+
+__all__ = ["default_detector", "ensure_detector", "run_pipeline"]
+
+
+def default_detector() -> Path:
+    from .detect.encoders import cache_dir
+
+    return cache_dir() / "detectors" / "minilm-v1"
+
+
+def ensure_detector(data_dir: str | None = None, *, bf16: bool = True, quick: bool = False) -> Path:
+    """The default detector folder, training it (MiniLM, 4 epochs, resumable) if it does not exist yet.
+
+    ``quick``: if the default detector is missing, train a small one (1 epoch on 1,200 arguments, ~1 min) into
+    ``detectors/minilm-quick`` — enough to rank responses for ``label_mode="rank"`` in smoke runs.
+    """
+    from .detect.cli import _data_dir
+    from .detect.data import load_split
+    from .detect.finetune import TrainConfig, train_detector
+
+    target = default_detector()
+    if (target / "detector.json").exists():
+        return target
+    tcfg = TrainConfig(encoder="minilm", bf16=bf16)
+    if quick:
+        target = target.parent / "minilm-quick"
+        if (target / "detector.json").exists():
+            return target
+        tcfg = TrainConfig(encoder="minilm", bf16=bf16, epochs=1, max_train=1200, max_len=96)
+    train_dir = target.parent / f"{target.name}-training"
+    folder = _data_dir(data_dir)
+    print(f"valuelens: training the default value detector (MiniLM) into {target} — once per machine")
+    res = train_detector(load_split(folder, "training"), load_split(folder, "validation"),
+                         tcfg, train_dir, log=print)
+    model_dir = Path(getattr(res, "model_dir", train_dir / "model"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        model_dir.rename(target)
+    return target
+
+
+def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = None,
+                 extract_overrides: dict[str, Any] | None = None, analyze_overrides: dict[str, Any] | None = None,
+                 data_dir: str | None = None) -> Path:
+    out = Path(out)
+    t0 = time.time()
+    ex = dict(extract_overrides or {})
+    if model:
+        ex["model"] = model
+    timings: dict[str, float] = {}
+    if quick:
+        if "judge" not in ex:
+            t = time.time()
+            ex["judge"], ex["judge_options"] = "detector", {"model": str(ensure_detector(data_dir, quick=True))}
+            timings["detector"] = round(time.time() - t, 1)
+        ecfg = ExtractConfig.quick(**ex)
+        acfg = AnalyzeConfig.quick(**(analyze_overrides or {}))
+    else:
+        if ex.get("judge", "auto") in ("auto", "detector") and "model" not in ex.get("judge_options", {}):
+            t = time.time()
+            det = ensure_detector(data_dir)
+            ex["judge"] = "detector"
+            ex["judge_options"] = {**ex.get("judge_options", {}), "model": str(det)}
+            timings["detector"] = round(time.time() - t, 1)
+        ecfg = ExtractConfig.from_dict(ex)
+        acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
+    lm = load_model(ecfg.model)
+    t = time.time()
+    run_extract(out, ecfg, lm=lm)
+    timings["extract"] = round(time.time() - t, 1)
+    t = time.time()
+    run_analyze(out, acfg, lm=lm)
+    timings["analyze"] = round(time.time() - t, 1)
+    from .report import build_report
+
+    write_manifest(out, stage="run", config={"extract": ecfg.to_dict(), "analyze": acfg.to_dict(), "quick": quick},
+                   name="manifest-run.json", extra={"model": lm.describe(), "timings_s": timings,
+                                                    "total_s": round(time.time() - t0, 1)})
+    return build_report(out)
