@@ -86,10 +86,13 @@ class _StopForward(Exception):
 # Capture
 
 
-def _reduce(x: Tensor, mask: Tensor | None, reduction: Reduction) -> Tensor | list[Tensor]:
+def _reduce(x: Tensor, mask: Tensor | None, reduction: Reduction,
+            weights: tuple[Tensor, Tensor] | None = None) -> Tensor | list[Tensor]:
     """Reduce ``x: [B, T, X]`` over tokens selected by ``mask: [B, T]`` (all tokens if None) → ``[B, X]``.
 
     Sums are taken in float32 whatever the compute dtype, so bf16 capture still averages accurately.
+    ``weights``: ``(mask as float [B, T, 1], count [B, 1])`` precomputed once per forward (see
+    :func:`_mask_weights`) instead of once per hooked layer.
     """
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
@@ -103,11 +106,21 @@ def _reduce(x: Tensor, mask: Tensor | None, reduction: Reduction) -> Tensor | li
         last = torch.where(mask, idx, torch.full_like(idx, -1)).max(dim=1).values
         out = x[torch.arange(x.shape[0]), last.clamp(min=0)].float()
         return out * (last >= 0).unsqueeze(-1)
-    m = mask.to(torch.float32).unsqueeze(-1)
+    if weights is None or weights[0].device != x.device:
+        weights = _mask_weights(mask.to(x.device))
+    m, count = weights
+    # Same arithmetic (and summation order) as the obvious masked mean over output_hidden_states, so results
+    # match it bit for bit; only the mask cast and the token counts are hoisted out of the per-layer hook.
     s = (x.float() * m).sum(dim=1)
     if reduction == "sum":
         return s
-    return s / m.sum(dim=1).clamp(min=1.0)
+    return s / count
+
+
+def _mask_weights(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mask as float [B, T, 1], token count [B, 1] clamped to ≥ 1)``, computed once per forward pass."""
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return m, m.sum(dim=1).clamp(min=1.0)
 
 
 class ResidualRecorder:
@@ -123,14 +136,18 @@ class ResidualRecorder:
         self.layers = list(layers)
         self.reduction: Reduction = reduction
         self.mask: Tensor | None = None
+        self._weights: tuple[Tensor, Tensor] | None = None
         self._buf: dict[int, Any] = {}
 
     def set_mask(self, mask: Tensor | None) -> None:
         self.mask = None if mask is None else mask.to(torch.bool)
+        # mean/sum weights are the same at every layer: compute them once per forward, not once per layer
+        self._weights = (_mask_weights(self.mask) if self.mask is not None and self.reduction in ("mean", "sum")
+                         else None)
         self._buf.clear()
 
     def _record(self, layer: int, x: Tensor) -> None:
-        self._buf[layer] = _reduce(x.detach(), self.mask, self.reduction)
+        self._buf[layer] = _reduce(x.detach(), self.mask, self.reduction, self._weights)
 
     def pop(self) -> Tensor | list[Tensor]:
         missing = [layer for layer in self.layers if layer not in self._buf]
@@ -256,11 +273,6 @@ class _Phase:
         self.decoding = seen > 0
 
 
-def _phase_tracker(model: nn.Module) -> tuple[_Phase, Any]:
-    phase = _Phase()
-    return phase, model.register_forward_pre_hook(phase.pre_hook, with_kwargs=True)
-
-
 def _position_gate(positions: Positions, phase: _Phase) -> bool:
     if positions == "all":
         return True
@@ -288,22 +300,46 @@ def add_vectors(model: nn.Module, vectors: Mapping[int, Tensor], *, alpha: float
     sp = _spec(model, spec)
     if positions not in ("all", "prompt", "generated"):
         raise ConfigError(f"positions must be 'all', 'prompt' or 'generated', got {positions!r}")
-    phase, ph = _phase_tracker(model)
-    handles = [ph]
+    # The phase tracker (a pre-hook reading the KV cache length on every forward) is only needed when the
+    # hook must tell prefill from decoding steps.
+    needs_phase = positions != "all" or token_mask is not None
+    phase = _Phase()
+    handles = []
+    if needs_phase:
+        handles.append(model.register_forward_pre_hook(phase.pre_hook, with_kwargs=True))
     for layer, vec in vectors.items():
         li = sp.check_layer(layer)
         v = _as_vec(vec, sp.d_model, f"steering vector for layer {layer}")
+        # alpha·v computed once (float32) and cached per (dtype, device) of the hidden states: the hook does one
+        # add per forward, with no per-step multiplication, cast or copy.
+        base = alpha * v.detach().to(torch.float32)
+        if base.ndim == 2:
+            base = base[:, None, :]
+        cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
-        def hook(_m: nn.Module, _inp: Any, out: Any, v: Tensor = v) -> Any:
-            if not _position_gate(positions, phase):
-                return None
-            h = _hidden(out)
-            delta = (alpha * v).to(h.dtype).to(h.device)
-            if delta.ndim == 2:
-                delta = delta[:, None, :]
-            if token_mask is not None and not phase.decoding:
-                delta = delta * token_mask.to(h.dtype)[..., None]
-            return _replace_hidden(out, h + delta)
+        def delta_for(h: Tensor, base: Tensor = base,
+                      cache: dict[tuple[torch.dtype, torch.device], Tensor] = cache) -> Tensor:
+            key = (h.dtype, h.device)
+            d = cache.get(key)
+            if d is None:
+                d = cache[key] = base.to(device=h.device, dtype=h.dtype)
+            return d
+
+        if not needs_phase:
+            def hook(_m: nn.Module, _inp: Any, out: Any, delta_for: Any = delta_for) -> Any:
+                if isinstance(out, Tensor):
+                    return out + delta_for(out)
+                h = out[0]
+                return (h + delta_for(h), *out[1:])
+        else:
+            def hook(_m: nn.Module, _inp: Any, out: Any, delta_for: Any = delta_for) -> Any:
+                if not _position_gate(positions, phase):
+                    return None
+                h = _hidden(out)
+                delta = delta_for(h)
+                if token_mask is not None and not phase.decoding:
+                    delta = delta * token_mask.to(h.dtype)[..., None]
+                return _replace_hidden(out, h + delta)
         handles.append(sp.layer(model, li).register_forward_hook(hook))
     with _hooks(handles):
         yield
