@@ -28,5 +28,5 @@ bash scripts/install_chromium.sh || echo "setup: could not install chromium; the
 echo "valuelens installed in .venv ($(.venv/bin/valuelens --version))"
 
 if [ "${1:-}" != "--no-run" ]; then
-  .venv/bin/valuelens demo
+  .venv/bin/valuelens run --out runs/default
 fi

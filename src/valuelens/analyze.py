@@ -80,7 +80,7 @@ class AnalyzeConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> AnalyzeConfig:
-        base: dict[str, Any] = dict(alphas=[0.1, 0.3], mc_items=20, pvq_items_per_value=2, n_free=3,
+        base: dict[str, Any] = dict(alphas=[0.05, 0.1], mc_items=40, pvq_items_per_value=2, n_free=3,
                                     free_max_new_tokens=24, n_instructions=6, instr_max_new_tokens=32,
                                     neuron_explain=1)
         base.update(overrides)
@@ -176,6 +176,10 @@ def _capability(ctx: _Ctx) -> dict[str, Any]:
             rows.append({"direction": f"{probe}/{kind}", **{k: v for k, v in r.items() if not isinstance(v, list)}})
         chosen.append(res.alpha)
     alpha = float(min(chosen))
+    guard_exceeded = alpha <= 0
+    if guard_exceeded:
+        # No α passes the guard: evaluate at the smallest grid α anyway, flagged, rather than report nothing.
+        alpha = float(min(a for a in ctx.cfg.alphas if a > 0))
     ctx.alpha = alpha
     df = pd.DataFrame(rows)
     _write_csv(sec / "tables" / "alpha_sweep.csv", df)
@@ -191,7 +195,9 @@ def _capability(ctx: _Ctx) -> dict[str, Any]:
     _savefig(fig, sec / "figures" / "alpha_sweep.png")
     return {"alpha": alpha, "layer": ctx.layer, "guard_value": probe, "max_loss": ctx.cfg.max_capability_loss,
             "mc_items": len(mc), "alpha_grid": ctx.cfg.alphas,
-            "note": "α = 0 smallest grid value passing for both guard directions" if alpha == 0 else ""}
+            "guard_exceeded": guard_exceeded,
+            "note": ("no grid α kept the capability loss within the limit; evaluations use the smallest α and "
+                     "are flagged" if guard_exceeded else "largest grid α within the limit for both directions")}
 
 
 def _neurons(ctx: _Ctx) -> dict[str, Any]:
@@ -525,6 +531,15 @@ def _findings(run: Path) -> list[dict[str, Any]]:
 
     vs = json.loads((run / "vectors_summary.json").read_text()) if (run / "vectors_summary.json").exists() else {}
     out: list[dict[str, Any]] = []
+    cap = load("capability")
+    if cap.get("alpha") is not None:
+        out.append({"id": "capability-guard", "claim": "a steering strength exists that costs < 5 points of capability",
+                    "paper": "α = 4 for Qwen2.5-7B (largest α within 5 points)",
+                    "ours": f"α_rel = {cap['alpha']:g} at layer {cap.get('layer')}"
+                            + (" — no grid α passed; evaluations use the smallest α (flagged)"
+                               if cap.get("guard_exceeded") else ""),
+                    "status": "not reproduced" if cap.get("guard_exceeded") else "reproduced",
+                    "evidence": "analyze/capability/tables/alpha_sweep.csv"})
     cos = vs.get("cos_int_prompt_at_layer", {})
     if cos:
         m = float(np.mean(list(cos.values())))
