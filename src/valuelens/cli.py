@@ -25,6 +25,7 @@ _COMMANDS: dict[str, str] = {
     "report": "valuelens.report:report_cmd",
     "analyze": "valuelens.commands:analyze_cmd",
     "run": "valuelens.commands:run_cmd",
+    "export-vector": "valuelens.commands:export_vector_cmd",
 }
 
 

@@ -192,3 +192,29 @@ def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | 
     report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=_load_config_file(extract_config),
                           analyze_overrides=_load_config_file(analyze_config), data_dir=data)
     click.echo(f"report: {report}")
+
+
+@click.command("export-vector")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--value", "value_name", required=True, help="Schwartz value, e.g. Power.")
+@click.option("--kind", default="prompted", show_default=True,
+              help="intrinsic | prompted | intrinsic_orth | prompted_orth | shared | diff_intrinsic | diff_prompted")
+@click.option("--scale", default=1.0, show_default=True, type=float, help="Multiply the vector (llama.cpp adds it as is).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .gguf file.")
+def export_vector_cmd(run_dir: str, value_name: str, kind: str, scale: float, out_path: str) -> None:
+    """Export a value vector of a run as a llama.cpp control-vector GGUF (all layers)."""
+    import json
+    from pathlib import Path
+
+    from .errors import DataError
+    from .values import get_value
+    from .vectors import ValueVectors
+
+    path = Path(run_dir) / "vectors.safetensors"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no vectors.safetensors; run `valuelens extract --out {run_dir}` first")
+    vv = ValueVectors.load(path)
+    hint = json.loads((Path(run_dir) / "model.json").read_text()).get("name", "") \
+        if (Path(run_dir) / "model.json").exists() else ""
+    info = vv.export_gguf(get_value(value_name).name, kind, out_path, model_hint=hint, scale=scale)
+    click.echo(f"wrote {info['path']} ({len(info['written_layers'])} layers)")

@@ -1,0 +1,98 @@
+"""`valuelens run --quick` on the embedded model: every stage's tables and figures, findings and the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from valuelens.analyze import AnalyzeConfig, run_analyze
+from valuelens.errors import ConfigError, DataError
+from valuelens.vectors import ValueVectors
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "quick"
+    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "run", "--quick", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"report: {out / 'report.html'}" in proc.stdout
+    return out
+
+
+def test_every_stage_wrote_its_tables_and_figures(quick_run):
+    run = quick_run
+    for f in ["manifest.json", "manifest-analyze.json", "manifest-run.json", "vectors.safetensors",
+              "tables/judge_counts.csv", "tables/vectors_by_layer.csv", "tables/compliance_by_layer.csv",
+              "figures/cosine_by_layer.png", "figures/norms_by_layer.png", "figures/shared_axis_cosines.png",
+              "analyze/capability/tables/residual_norms.csv", "analyze/capability/tables/alpha_sweep.csv",
+              "analyze/capability/figures/alpha_sweep.png",
+              "analyze/neurons/tables/neurons.csv", "analyze/neurons/tables/neuron_counts.png",
+              "analyze/questionnaire/tables/mean_effect_en.csv", "analyze/questionnaire/figures/steering_effect_en.png",
+              "analyze/steering/tables/expression_rates.csv", "analyze/diversity/tables/diversity.csv",
+              "analyze/diversity/tables/logit_lens.csv", "analyze/circumplex/tables/circumplex.csv",
+              "analyze/circumplex/figures/circumplex_pca.png", "analyze/compliance/tables/instruction_following.csv",
+              "findings.json", "report.html"]:
+        assert (run / f).is_file(), f"missing {f}"
+    manifest = json.loads((run / "manifest-run.json").read_text())
+    assert manifest["model"]["model_hash"] and manifest["versions"]["transformers"]
+    assert manifest["config"]["extract"]["seed"] == 0
+    findings = {f["id"]: f for f in json.loads((run / "findings.json").read_text())}
+    assert {"distinct-mechanisms", "steerability", "circumplex", "cross-lingual"} <= set(findings)
+    assert findings["cross-lingual"]["status"] == "not run"  # SmolLM2 is English-only, and the report says so
+    html = (run / "report.html").read_text()
+    pngs = list(run.rglob("*.png"))
+    assert len(pngs) >= 7 and html.count("data:image/png;base64,") == len(pngs) and "Findings" in html
+
+
+def test_questionnaire_has_controls(quick_run):
+    import pandas as pd
+
+    df = pd.read_csv(quick_run / "analyze/questionnaire/tables/mean_effect_en.csv")
+    assert {"intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared", "random"} <= set(df["condition"])
+    cap = json.loads((quick_run / "analyze/capability/summary.json").read_text())
+    assert cap["alpha"] in (0.05, 0.1) and isinstance(cap["guard_exceeded"], bool)
+
+
+def test_analyze_rerun_is_resumed_and_bad_inputs(quick_run, tmp_path, smollm2):
+    before = json.loads((quick_run / "analyze/neurons/summary.json").read_text())
+    run_analyze(quick_run, AnalyzeConfig.quick(), lm=smollm2)  # every section cached: nothing recomputed
+    assert json.loads((quick_run / "analyze/neurons/summary.json").read_text()) == before
+
+    # A missing stage.
+    with pytest.raises(DataError, match=r"no vectors\.safetensors"):
+        run_analyze(tmp_path, AnalyzeConfig.quick(), lm=smollm2)
+    # Vectors from another model.
+    other = tmp_path / "other"
+    shutil.copytree(quick_run, other, ignore=shutil.ignore_patterns("analyze", "responses", "activations"))
+    vv = ValueVectors.load(other / "vectors.safetensors")
+    vv.model_hash = "0" * 64
+    vv.save(other / "vectors.safetensors")
+    with pytest.raises(ConfigError, match="another model"):
+        run_analyze(other, AnalyzeConfig.quick(), lm=smollm2)
+    with pytest.raises(ConfigError, match="unknown analyze section"):
+        AnalyzeConfig.from_dict({"sections": ["vibes"]})
+    assert torch.isfinite(ValueVectors.load(quick_run / "vectors.safetensors").extra_vectors["compliance"]).all()
+
+
+def test_export_vector_as_llama_cpp_control_vector(quick_run, tmp_path):
+    import gguf
+
+    out = tmp_path / "power.gguf"
+    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "export-vector", str(quick_run), "--value",
+                           "power", "--kind", "prompted", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    reader = gguf.GGUFReader(str(out))
+    names = {t.name for t in reader.tensors}
+    assert "direction.15" in names and "direction.0" not in names  # llama.cpp rejects block 0
+    vv = ValueVectors.load(quick_run / "vectors.safetensors")
+    t = next(t for t in reader.tensors if t.name == "direction.15")
+    torch.testing.assert_close(torch.as_tensor(t.data.copy()).flatten(), vv.get("Power", "prompted")[15])
