@@ -167,3 +167,22 @@ def test_ensemble_of_members_sharing_a_heldout_split(trained: tuple, splits: tup
     np.testing.assert_allclose(back.predict_proba(texts), single.predict_proba(texts), rtol=0, atol=1e-7)
     # Same members, same held-out split → the same thresholds as the single model's.
     np.testing.assert_array_equal(back.thresholds, single.thresholds)
+
+
+def test_ensemble_with_tfidf_member(trained: tuple, splits: tuple, tmp_path: Path) -> None:
+    from valuelens.detect.finetune import EnsembleDetector, TfidfMember, build_ensemble, load_detector
+    from valuelens.judges import get_judge
+
+    _, out = trained
+    train, valid = splits
+    ens, _ = build_ensemble([out / "model"], train, valid.head(80), tmp_path / "ens", bf16=True, tfidf=True,
+                                 tfidf_weights=(0.2, 0.4))
+    assert isinstance(ens.members[-1], TfidfMember) and ens.weights.sum() == pytest.approx(1.0)
+    assert ens.weights[-1] in (pytest.approx(0.2), pytest.approx(0.4))
+    back = load_detector(tmp_path / "ens")
+    assert isinstance(back, EnsembleDetector) and isinstance(back.members[-1], TfidfMember)
+    texts = valid.texts()[:10]
+    np.testing.assert_allclose(back.predict_proba(texts), ens.predict_proba(texts), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(back.thresholds, ens.thresholds)
+    res = get_judge("detector", model=tmp_path / "ens").judge(["Protect nature."], "universalism")
+    assert res.labels.shape == (1, 1)

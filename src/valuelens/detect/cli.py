@@ -149,14 +149,17 @@ def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_
 @click.option("--split", default="validation", show_default=True, help="split scored at the end")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="folder for the ensemble detector")
 @click.option("--bf16/--no-bf16", default=False)
-def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str, bf16: bool) -> None:
-    """Average several trained detectors; thresholds tuned on their shared held-out training part."""
+@click.option("--tfidf/--no-tfidf", default=False, show_default=True,
+              help="add a TF-IDF + logistic-regression member (weight chosen on the held-out part)")
+def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str, bf16: bool, tfidf: bool) -> None:
+    """Average several trained detectors (optionally + TF-IDF); thresholds on their shared held-out part."""
     from .data import load_split
     from .finetune import build_ensemble
 
     folder = _data_dir(data)
-    _, scores = build_ensemble(list(models), load_split(folder, "training"), load_split(folder, split), out,
-                               bf16=bf16)
+    ens, scores = build_ensemble(list(models), load_split(folder, "training"), load_split(folder, split), out,
+                                 bf16=bf16, tfidf=tfidf)
+    _echo(f"member weights: {[round(float(w), 3) for w in ens.weights]}")
     h = scores["heldout"]
     _echo(f"{split}: macro P {h['precision']:.4f} R {h['recall']:.4f} F1 {h['f1']:.4f} (held-out thresholds); "
           f"crossfit F1 {scores['crossfit']['f1']:.4f}; validation-tuned F1 {scores['validation_tuned']['f1']:.4f}")

@@ -41,7 +41,7 @@ from .data import ValueEvalSplit
 from .encoders import resolve_encoder
 from .measure import Scores, apply_thresholds, evaluate, tune_thresholds
 
-__all__ = ["EnsembleDetector", "TrainConfig", "ValueDetector", "build_ensemble", "heldout_split", "load_detector",
+__all__ = ["EnsembleDetector", "TfidfMember", "TrainConfig", "ValueDetector", "build_ensemble", "heldout_split", "load_detector",
            "predict_proba", "train_detector"]
 
 N_CAT = len(VALUEEVAL_CATEGORIES)
@@ -659,14 +659,49 @@ def detector_hash(folder: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-class EnsembleDetector:
-    """Mean of the member detectors' probabilities, with its own per-category thresholds.
+class TfidfMember:
+    """A TF-IDF + logistic-regression model as an ensemble member (``predict_proba`` on rendered texts).
 
-    Saved as a folder with ``detector.json`` (format ``valuelens-ensemble/1``), ``thresholds.json`` and the
-    members in ``members/0``, ``members/1``, … so it is self-contained; load it with :func:`load_detector`.
+    Saved as ``model.pkl`` (a pickle: load only files you made yourself) + ``detector.json``.
     """
 
-    def __init__(self, members: list[ValueDetector], thresholds: np.ndarray | None = None) -> None:
+    encoder_name = "tfidf"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.categories = list(VALUEEVAL_CATEGORIES)
+
+    def predict_proba(self, texts: Sequence[str], **_: Any) -> np.ndarray:
+        return np.asarray(self.model.model_.predict_proba(list(texts)), dtype=np.float64)
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        import pickle
+
+        from ..runio import atomic_write_bytes
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "model.pkl", pickle.dumps(self.model))
+        atomic_write_json(folder / "detector.json", {"format": "valuelens-tfidf/1", "categories": self.categories})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str]) -> TfidfMember:
+        import pickle
+
+        return cls(pickle.loads((Path(folder) / "model.pkl").read_bytes()))  # a file this class wrote (see docstring)
+
+
+class EnsembleDetector:
+    """Weighted mean of the member detectors' probabilities, with its own per-category thresholds.
+
+    Members are :class:`ValueDetector` s or a :class:`TfidfMember`. Saved as a folder with ``detector.json``
+    (format ``valuelens-ensemble/1``, member weights), ``thresholds.json`` and the members in ``members/0``,
+    ``members/1``, … so it is self-contained; load it with :func:`load_detector`.
+    """
+
+    def __init__(self, members: list[Any], thresholds: np.ndarray | None = None,
+                 weights: Sequence[float] | None = None) -> None:
         if not members:
             raise ConfigError("an ensemble needs at least one member")
         cats = members[0].categories
@@ -674,18 +709,22 @@ class EnsembleDetector:
             raise ConfigError("ensemble members disagree on their categories")
         self.members = members
         self.categories = list(cats)
+        w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(members),) or (w < 0).any() or w.sum() <= 0:
+            raise ConfigError(f"ensemble weights must be {len(members)} non-negative numbers, got {weights}")
+        self.weights = w / w.sum()
         self.thresholds = np.full(len(cats), 0.5) if thresholds is None else np.asarray(thresholds, float)
         self.encoder_name = "+".join(m.encoder_name for m in members)
         self.info: dict[str, Any] = {}
 
     def predict_proba(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
-        return np.mean([m.predict_proba(texts, **kw) for m in self.members], axis=0)
+        return np.tensordot(self.weights, np.stack([m.predict_proba(texts, **kw) for m in self.members]), axes=1)
 
     def predict(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
         return apply_thresholds(self.predict_proba(texts, **kw), self.thresholds)
 
     def save_pretrained(self, folder: str | os.PathLike[str], *, threshold_info: dict[str, Any] | None = None,
-                        member_dirs: Sequence[str | os.PathLike[str]] | None = None) -> Path:
+                        member_dirs: Sequence[str | os.PathLike[str] | None] | None = None) -> Path:
         """Write the ensemble; members are copied from ``member_dirs`` (their saved folders) when given."""
         import shutil
 
@@ -693,18 +732,19 @@ class EnsembleDetector:
         (folder / "members").mkdir(parents=True, exist_ok=True)
         for i, m in enumerate(self.members):
             dst = folder / "members" / str(i)
-            if member_dirs is not None:
-                if dst.exists():
-                    shutil.rmtree(dst)
-                shutil.copytree(member_dirs[i], dst)
+            if dst.exists():
+                shutil.rmtree(dst)
+            src = None if member_dirs is None else member_dirs[i]
+            if src is not None:
+                shutil.copytree(src, dst)
             else:
                 m.save_pretrained(dst)
         atomic_write_json(folder / "thresholds.json", {
             "thresholds": {c: float(t) for c, t in zip(self.categories, self.thresholds, strict=True)},
             **(threshold_info or {})})
         atomic_write_json(folder / "detector.json", {
-            "format": "valuelens-ensemble/1", "members": len(self.members), "categories": self.categories,
-            "encoder": self.encoder_name, "info": self.info,
+            "format": "valuelens-ensemble/1", "members": len(self.members), "weights": self.weights.tolist(),
+            "categories": self.categories, "encoder": self.encoder_name, "info": self.info,
             "loader": "valuelens.detect.finetune.load_detector(folder)"})
         return folder
 
@@ -712,9 +752,14 @@ class EnsembleDetector:
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> EnsembleDetector:
         folder = Path(folder).expanduser()
         cfg = json.loads((folder / "detector.json").read_text())
-        members = [ValueDetector.from_pretrained(folder / "members" / str(i)) for i in range(cfg["members"])]
+        members: list[Any] = []
+        for i in range(cfg["members"]):
+            sub = folder / "members" / str(i)
+            fmt = json.loads((sub / "detector.json").read_text()).get("format", "")
+            members.append(TfidfMember.from_pretrained(sub) if fmt.startswith("valuelens-tfidf/")
+                           else ValueDetector.from_pretrained(sub))
         th = json.loads((folder / "thresholds.json").read_text())["thresholds"]
-        ens = cls(members, np.array([th[c] for c in cfg["categories"]]))
+        ens = cls(members, np.array([th[c] for c in cfg["categories"]]), weights=cfg.get("weights"))
         ens.info = cfg.get("info", {})
         return ens
 
@@ -732,11 +777,15 @@ def load_detector(folder: str | os.PathLike[str]) -> ValueDetector | EnsembleDet
 
 
 def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEvalSplit, valid: ValueEvalSplit,
-                   out: str | os.PathLike[str], *, bf16: bool = False) -> tuple[EnsembleDetector, dict[str, Any]]:
+                   out: str | os.PathLike[str], *, bf16: bool = False, tfidf: bool = False,
+                   tfidf_weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5)
+                   ) -> tuple[EnsembleDetector, dict[str, Any]]:
     """Average trained detectors; tune thresholds on the members' shared held-out training part.
 
     All members must have been trained with ``threshold_source=heldout`` and the same seed, held-out
     fraction and ``max_train`` (so they share the held-out arguments, none of which any member trained on).
+    ``tfidf``: also fit a TF-IDF + logistic-regression member on the same training part; its weight is the
+    one of ``tfidf_weights`` with the best held-out macro-F1 (validation is never used for choices).
     """
     members = [ValueDetector.from_pretrained(d) for d in model_dirs]
     keys = ("split_seed", "heldout_frac", "max_train", "threshold_source")
@@ -751,8 +800,30 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
     base = train.head(cfgs[0]["max_train"])
     _, dev_idx = heldout_split(base, cfgs[0]["heldout_frac"], cfgs[0]["split_seed"])
     dev = base.subset(dev_idx)
-    ens = EnsembleDetector(members)
     assert dev.labels is not None and valid.labels is not None
+    all_members: list[Any] = list(members)
+    dirs: list[str | os.PathLike[str] | None] = list(model_dirs)
+    weights = [1.0] * len(members)
+    if tfidf:
+        from .baselines import TfidfLogReg
+
+        fit_idx = np.setdiff1d(np.arange(len(base)), dev_idx)
+        fit = base.subset(fit_idx)
+        tf = TfidfMember(TfidfLogReg().fit(fit.arguments, fit.labels))
+        neural = EnsembleDetector(list(members))
+        dev_texts = dev.texts()
+        pn, pt = neural.predict_proba(dev_texts, bf16=bf16), tf.predict_proba(dev_texts)
+
+        def dev_f1(w: float) -> float:
+            p = (1 - w) * pn + w * pt
+            return evaluate(dev.labels, apply_thresholds(p, tune_thresholds(p, dev.labels))).f1
+
+        w_best = max(tfidf_weights, key=dev_f1)
+        # Neural members share (1 - w) equally; the TF-IDF member gets w.
+        weights = [(1 - w_best) / len(members)] * len(members) + [w_best]
+        all_members.append(tf)
+        dirs.append(None)
+    ens = EnsembleDetector(all_members, weights=weights)
     ens.thresholds = tune_thresholds(ens.predict_proba(dev.texts(), bf16=bf16), dev.labels)
     probs = ens.predict_proba(valid.texts(), bf16=bf16)
     scores = {
@@ -761,7 +832,8 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
         "validation_tuned": evaluate(valid.labels, apply_thresholds(probs, tune_thresholds(probs, valid.labels))
                                      ).as_dict(),
     }
-    ens.info = {"members": [str(d) for d in model_dirs], "scores": scores}
-    ens.save_pretrained(out, member_dirs=model_dirs, threshold_info={
+    ens.info = {"members": [str(d) for d in model_dirs] + (["tfidf"] if tfidf else []),
+                "weights": ens.weights.tolist(), "scores": scores}
+    ens.save_pretrained(out, member_dirs=dirs, threshold_info={
         "source": "heldout", "tuned_on": f"{len(dev)} held-out training arguments (whole conclusions)"})
     return ens, scores
