@@ -78,7 +78,7 @@ def test_llm_judge_through_server(server_backend) -> None:
 
 
 def test_detector_and_judge_with_local_backend(smollm2, five_arguments, valueeval_dir) -> None:
-    backend = LocalBackend(smollm2, batch_size=4)
+    backend = LocalBackend(smollm2, batch_size=4, bf16=True)  # bf16 autocast: ~2x faster generation on CPU
     det = LLMDetector(backend, shots=0, data_dir=valueeval_dir, max_tokens=6)
     args = five_arguments.arguments[:2]
     a = det.predict(args)
