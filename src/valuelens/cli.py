@@ -26,6 +26,7 @@ _COMMANDS: dict[str, str] = {
     "analyze": "valuelens.commands:analyze_cmd",
     "run": "valuelens.commands:run_cmd",
     "export-vector": "valuelens.commands:export_vector_cmd",
+    "serve": "valuelens.serve:serve_cmd",
 }
 
 

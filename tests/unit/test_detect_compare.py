@@ -36,12 +36,3 @@ def test_unknown_method_and_llm_without_backend(tmp_path: Path) -> None:
         compare(["magic"], "validation", tmp_path, data_dir=DATA)
     with pytest.raises(ConfigError, match="needs --llm"):
         compare(["llm-zero"], "validation", tmp_path, data_dir=DATA, max_eval=5)
-
-
-@pytest.mark.skipif(__import__("importlib").util.find_spec("valuelens.detect.llm") is not None,
-                    reason="valuelens.detect.llm exists; the guard is not reachable")
-def test_llm_method_without_llm_module_is_a_clear_error(tmp_path: Path) -> None:
-    from valuelens.errors import ModelError
-
-    with pytest.raises(ModelError, match=r"needs valuelens\.detect\.llm"):
-        compare(["llm-zero"], "validation", tmp_path, data_dir=DATA, max_eval=5, llm_spec="local:smollm2")

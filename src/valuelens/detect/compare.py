@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, write_manifest
 from ..values import VALUEEVAL_CATEGORIES
 from .data import ValueEvalSplit, load_split
@@ -71,15 +71,14 @@ def _neural(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: P
 
 
 def _llm(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
-         log: Callable[[str], None]) -> dict[str, Any]:
+         log: Callable[[str], None], data_dir: str | Path | None = None) -> dict[str, Any]:
     if not llm_spec:
         raise ConfigError(f"method {method!r} needs --llm (e.g. local:smollm2 or openai:http://HOST/v1#model)")
-    try:
-        from .llm import LLMDetector, make_backend
-    except ImportError as exc:
-        raise ModelError(f"method {method!r} needs valuelens.detect.llm, which is not available yet ({exc})") from None
+    from .llm import LLMDetector, make_backend
+
     shots = 3 if method == "llm-few" else 0
-    det = LLMDetector(make_backend(llm_spec), shots=shots, cot=method == "llm-cot", train=train)
+    det = LLMDetector(make_backend(llm_spec), shots=shots, cot=method == "llm-cot", train=train,
+                      data_dir=data_dir)
     # Per-argument cache so an interrupted LLM run resumes where it stopped.
     from ..runio import JsonlWriter
 
@@ -148,7 +147,7 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
             row = _row(m, valid.labels, apply_thresholds(probs, model.thresholds), probs, train_s,
                        time.time() - t0, {"describe": model.describe()})
         elif m.startswith("llm-"):
-            row = _llm(m, train, valid, folder, llm_spec, say)
+            row = _llm(m, train, valid, folder, llm_spec, say, data_dir)
         else:
             row = _neural(m, train, valid, folder, encoder=encoder, epochs=epochs, bf16=bf16, log=say,
                           prompt_epochs=prompt_epochs)
