@@ -416,7 +416,9 @@ class Steer:
 
 @dataclass(frozen=True)
 class Ablate:
-    direction: Tensor
+    """Remove ``direction`` (one ``[D]`` vector at ``layers``, default all; or ``{layer: [D]}``)."""
+
+    direction: Tensor | Mapping[int, Tensor]
     layers: tuple[int, ...] | None = None
 
 

@@ -57,7 +57,8 @@ def test_questionnaire_has_controls(quick_run):
     import pandas as pd
 
     df = pd.read_csv(quick_run / "analyze/questionnaire/tables/mean_effect_en.csv")
-    assert {"intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared", "random"} <= set(df["condition"])
+    assert {"intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared", "combined", "random",
+            "ablate_shared", "ablate_random", "neurons_shared", "neurons_random"} <= set(df["condition"])
     cap = json.loads((quick_run / "analyze/capability/summary.json").read_text())
     assert cap["alpha"] in (0.05, 0.1) and isinstance(cap["guard_exceeded"], bool)
 
