@@ -225,3 +225,14 @@ def _fmt(c: Any) -> str:
             return "n/a"
         return f"{c:.3g}" if abs(c) < 1e-2 and c != 0 else f"{c:.3f}"
     return "n/a" if c is None else str(c)
+
+
+def finish(res: dict[str, Any], text: str, json_path: Path | None) -> dict[str, Any]:
+    """Print a benchmark's report, keep it in the results and write them as JSON when asked."""
+    import json
+
+    print(text, flush=True)
+    res["report"] = text
+    if json_path is not None:
+        json_path.write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
+    return res

@@ -401,12 +401,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         res["capture"] = bench_capture(args, lm, run)
         res["memory"] = bench_memory(args, lm, run, workdir)
         res["estimate"] = estimate(args, res)
-    text = report(res)
-    print(text, flush=True)
-    res["report"] = text
-    if args.json is not None:
-        args.json.write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
-    return res
+    return C.finish(res, report(res), args.json)
 
 
 if __name__ == "__main__":

@@ -501,12 +501,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          args.alpha, vec)
     if "memory" in parts:
         res["memory"] = bench_memory(args, bm, seqs)
-    text = report(res)
-    print(text, flush=True)
-    res["report"] = text
-    if args.json is not None:
-        args.json.write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
-    return res
+    return C.finish(res, report(res), args.json)
 
 
 if __name__ == "__main__":

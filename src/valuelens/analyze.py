@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import strict_config
 from .errors import ConfigError, DataError
 from .hooks import Intervention, ScaleNeurons
 from .models import NO_SYSTEM, LoadedModel, load_model
@@ -70,13 +71,7 @@ class AnalyzeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnalyzeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown analyze config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return strict_config(cls, d, "analyze")
 
     @classmethod
     def quick(cls, **overrides: Any) -> AnalyzeConfig:

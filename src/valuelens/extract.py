@@ -27,7 +27,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .config import strict_config
 from .errors import ConfigError, DataError
 from .generate import GenerationConfig, GenItem, capture_responses, generate_to_file
 from .models import NO_SYSTEM, TEMPLATE_DEFAULT, LoadedModel, load_model
@@ -83,13 +84,7 @@ class ExtractConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown extract config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return strict_config(cls, d, "extract")
 
     @classmethod
     def quick(cls, **overrides: Any) -> ExtractConfig:
