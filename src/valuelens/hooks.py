@@ -173,6 +173,33 @@ def _hooks(handles: list[Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _capture(model: nn.Module, layers: Sequence[int] | None, reduction: Reduction, spec: ResolvedSpec | None,
+             stop_after_last: bool, neurons: bool) -> Iterator[ResidualRecorder]:
+    """Shared body of the two capture managers: decoder-layer outputs, or the input of each down projection."""
+    sp = _spec(model, spec)
+    layer_ids = sp.check_layers(layers)
+    rec = ResidualRecorder(layer_ids, reduction)
+    last = layer_ids[-1]
+    handles = []
+    for li in layer_ids:
+        if neurons:
+            def pre_hook(_m: nn.Module, args: tuple[Any, ...], li: int = li) -> None:
+                rec._record(li, args[0])
+            handles.append(sp.down_proj(model, li).register_forward_pre_hook(pre_hook))
+        else:
+            def hook(_m: nn.Module, _inp: Any, out: Any, li: int = li) -> None:
+                rec._record(li, _hidden(out))
+            handles.append(sp.layer(model, li).register_forward_hook(hook))
+        if stop_after_last and li == last:
+            # Registered after the recording hook of the same layer, so it fires once that one has run.
+            def stop(_m: nn.Module, _i: Any, _o: Any) -> None:
+                raise _StopForward
+            handles.append(sp.layer(model, li).register_forward_hook(stop))
+    with _hooks(handles):
+        yield rec
+
+
+@contextlib.contextmanager
 def capture_residual(model: nn.Module, layers: Sequence[int] | None = None, *, reduction: Reduction = "mean",
                      spec: ResolvedSpec | None = None, stop_after_last: bool = False
                      ) -> Iterator[ResidualRecorder]:
@@ -181,18 +208,7 @@ def capture_residual(model: nn.Module, layers: Sequence[int] | None = None, *, r
     ``stop_after_last``: abort the forward pass after the highest requested layer (use with
     :func:`forward_capture`, which catches the signal) — it skips the remaining layers and the LM head.
     """
-    sp = _spec(model, spec)
-    layer_ids = sp.check_layers(layers)
-    rec = ResidualRecorder(layer_ids, reduction)
-    last = layer_ids[-1]
-    handles = []
-    for li in layer_ids:
-        def hook(_m: nn.Module, _inp: Any, out: Any, li: int = li) -> None:
-            rec._record(li, _hidden(out))
-            if stop_after_last and li == last:
-                raise _StopForward
-        handles.append(sp.layer(model, li).register_forward_hook(hook))
-    with _hooks(handles):
+    with _capture(model, layers, reduction, spec, stop_after_last, neurons=False) as rec:
         yield rec
 
 
@@ -201,20 +217,7 @@ def capture_neurons(model: nn.Module, layers: Sequence[int] | None = None, *, re
                     spec: ResolvedSpec | None = None, stop_after_last: bool = False
                     ) -> Iterator[ResidualRecorder]:
     """Record MLP neuron activations (the input of the output projection) at ``layers``, reduced per item."""
-    sp = _spec(model, spec)
-    layer_ids = sp.check_layers(layers)
-    rec = ResidualRecorder(layer_ids, reduction)
-    last = layer_ids[-1]
-    handles = []
-    for li in layer_ids:
-        def pre_hook(_m: nn.Module, args: tuple[Any, ...], li: int = li) -> None:
-            rec._record(li, args[0])
-        handles.append(sp.down_proj(model, li).register_forward_pre_hook(pre_hook))
-        if stop_after_last and li == last:
-            def stop(_m: nn.Module, _i: Any, _o: Any) -> None:
-                raise _StopForward
-            handles.append(sp.layer(model, li).register_forward_hook(stop))
-    with _hooks(handles):
+    with _capture(model, layers, reduction, spec, stop_after_last, neurons=True) as rec:
         yield rec
 
 
