@@ -11,6 +11,7 @@ skipped on a rerun once its ``summary.json`` exists for the same config (resumab
     circumplex     PCA of the shared (and difference) axes, Procrustes R² vs a permutation baseline
     compliance     verifiable instructions with and without the compliance direction (+ refusals if supplied)
     crosslingual   the questionnaire in other languages, steered by English vectors (multilingual models)
+    agreement      the extract's judge vs other judges (kappa per value) and each judge's prompted-target check
 
 Steering strength: ``h ← h + α·mean‖h_l‖·v̂`` at layer l (:func:`valuelens.evals.capability.relative_steer`),
 during prefill and every decoding step; α is chosen once per run by the capability guard and used for every
@@ -42,7 +43,7 @@ from .values import VALUE_NAMES
 __all__ = ["SECTIONS", "AnalyzeConfig", "run_analyze"]
 
 SECTIONS = ("capability", "neurons", "questionnaire", "steering", "diversity", "circumplex", "compliance",
-            "crosslingual")
+            "crosslingual", "agreement")
 STEER_KINDS = ("intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared")
 
 
@@ -51,6 +52,7 @@ class AnalyzeConfig:
     alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.8])
     max_capability_loss: float = 0.05  # 5 points of MC accuracy
     mc_items: int = 60  # capability items used by the guard
+    guard_values: int = 3  # values whose v_int and v_prompt the guard checks (0 = all)
     alpha: float | None = None  # fix α instead of running the guard
     layer: int | None = None  # default: the layer chosen by extract
     top_k_percent: float = 1.0
@@ -63,7 +65,12 @@ class AnalyzeConfig:
     n_instructions: int = 24
     instr_max_new_tokens: int = 64
     harmful_prompts: str | None = None  # optional file of harmful requests for refusal rates
+    # Judges compared with the extract's judge on its responses: names (lexicon, llm, detector) or a detector
+    # folder. The LLM judge on the embedded 135M model is slow and near chance (docs/llm.md), hence not default.
+    agreement_judges: list[str] = field(default_factory=lambda: ["lexicon"])
     languages: list[str] | None = None  # None: ["en"] for English-only models, all five for multilingual
+    # Conditions of the cross-lingual questionnaire (English is rerun with the same ones, as the reference).
+    crosslingual_conditions: list[str] = field(default_factory=lambda: ["intrinsic", "prompted", "shared", "random"])
     seed: int = 0
     batch_size: int = 8
     gen_bf16: bool = True
@@ -160,16 +167,22 @@ def _capability(ctx: _Ctx) -> dict[str, Any]:
         ctx.alpha = float(ctx.cfg.alpha)
         return {"alpha": ctx.alpha, "guard": "fixed by config", "layer": ctx.layer}
     mc = load_capability_mc()[: ctx.cfg.mc_items]
-    # Guard directions: the prompted and intrinsic vectors of the first value (documented limitation: one value).
-    probe = ctx.values[0]
+    # Guard directions: v_prompt and v_int of the first `guard_values` values (0 = all). The first value gets
+    # the full sweep (the figure); the others stop at their first ineligible α, which cannot change the choice.
+    probes = ctx.values if ctx.cfg.guard_values == 0 else ctx.values[: ctx.cfg.guard_values]
     rows, chosen = [], []
-    for kind in ("prompted", "intrinsic"):
-        v = ctx.vec(probe, kind)
-        res = choose_alpha(ctx.lm, lambda a, v=v: ctx.steer(v, a), ctx.cfg.alphas, metric="mc",
-                           max_loss=ctx.cfg.max_capability_loss, mc_items=mc, batch_size=ctx.cfg.batch_size)
-        for r in res.table:
-            rows.append({"direction": f"{probe}/{kind}", **{k: v for k, v in r.items() if not isinstance(v, list)}})
-        chosen.append(res.alpha)
+    base_score: float | None = None
+    for n, probe in enumerate(probes):
+        for kind in ("prompted", "intrinsic"):
+            v = ctx.vec(probe, kind)
+            res = choose_alpha(ctx.lm, lambda a, v=v: ctx.steer(v, a), ctx.cfg.alphas, metric="mc",
+                               max_loss=ctx.cfg.max_capability_loss, mc_items=mc, batch_size=ctx.cfg.batch_size,
+                               stop_early=n > 0 and any(a > 0 for a in ctx.cfg.alphas), baseline_score=base_score)
+            base_score = res.baseline
+            for r in res.table:
+                rows.append({"direction": f"{probe}/{kind}",
+                             **{k: v for k, v in r.items() if not isinstance(v, list)}})
+            chosen.append(res.alpha)
     alpha = float(min(chosen))
     guard_exceeded = alpha <= 0
     if guard_exceeded:
@@ -180,7 +193,9 @@ def _capability(ctx: _Ctx) -> dict[str, Any]:
     _write_csv(sec / "tables" / "alpha_sweep.csv", df)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for d, g in df.groupby("direction"):
+    for d, g in df.groupby("direction", sort=False):
+        if len(g) < 2:
+            continue
         col = "score" if "score" in g else g.columns[2]
         ax.plot(g["alpha"], g[col], marker="o", label=d)
     ax.axvline(alpha, color="grey", ls=":")
@@ -188,11 +203,11 @@ def _capability(ctx: _Ctx) -> dict[str, Any]:
            title=f"Capability guard at layer {ctx.layer} (chosen α = {alpha:g})")
     ax.legend(fontsize=7)
     _savefig(fig, sec / "figures" / "alpha_sweep.png")
-    return {"alpha": alpha, "layer": ctx.layer, "guard_value": probe, "max_loss": ctx.cfg.max_capability_loss,
+    return {"alpha": alpha, "layer": ctx.layer, "guard_values": list(probes), "max_loss": ctx.cfg.max_capability_loss,
             "mc_items": len(mc), "alpha_grid": ctx.cfg.alphas,
             "guard_exceeded": guard_exceeded,
             "note": ("no grid α kept the capability loss within the limit; evaluations use the smallest α and "
-                     "are flagged" if guard_exceeded else "largest grid α within the limit for both directions")}
+                     "are flagged" if guard_exceeded else "largest grid α within the limit for every guarded direction")}
 
 
 def _neurons(ctx: _Ctx) -> dict[str, Any]:
@@ -271,16 +286,25 @@ def _pvq_items(ctx: _Ctx, lang: str) -> list[Any]:
     return out
 
 
-def _questionnaire(ctx: _Ctx, lang: str = "en", section: str = "questionnaire") -> dict[str, Any]:
-    from .evals.questionnaire import steering_effect
+def _questionnaire(ctx: _Ctx, lang: str = "en", section: str = "questionnaire",
+                   conditions: Sequence[str] | None = None) -> dict[str, Any]:
+    from .evals.questionnaire import administer, steering_effect
 
     sec = ctx.sec(section)
     items = _pvq_items(ctx, lang)
     rows = []
+    base = administer(ctx.lm, items, lang, batch_size=ctx.cfg.batch_size)  # once, shared by every value
     for v in ctx.values:
-        conds = {**_direction_conditions(ctx, v), **_neuron_conditions(ctx, v)}
+        if conditions is None:
+            conds = {**_direction_conditions(ctx, v), **_neuron_conditions(ctx, v)}
+        else:
+            wanted = set(conditions)
+            ablate = bool(wanted & {"ablate_shared", "ablate_random"})
+            conds = {k: x for k, x in _direction_conditions(ctx, v, ablations=ablate).items() if k in wanted}
+            if wanted & {"neurons_shared", "neurons_random"}:
+                conds.update({k: x for k, x in _neuron_conditions(ctx, v).items() if k in wanted})
         eff = steering_effect(ctx.lm, items, conds, lang=lang, targets=dict.fromkeys(conds, v),
-                              batch_size=ctx.cfg.batch_size)
+                              batch_size=ctx.cfg.batch_size, baseline_results=base)
         for r in eff.target_rows():
             rows.append({"lang": lang, "target": v, **r})
     df = pd.DataFrame(rows)
@@ -398,22 +422,40 @@ def _diversity(ctx: _Ctx) -> dict[str, Any]:
     resp_dir = ctx.run / "analyze" / "steering" / "responses"
     if not resp_dir.is_dir():
         raise DataError(f"{ctx.run}: the 'steering' section has not run (needed for diversity)")
-    by_kind: dict[str, list[str]] = {}
+    # One group per condition (a value's steering kind, or the unsteered baseline): every group holds the same
+    # n_free queries' responses, so Distinct-n and friends (which fall with sample size) compare fairly; a
+    # kind's figure is the mean over values of its groups.
+    groups: dict[str, list[str]] = {}
     for f in sorted(resp_dir.glob("*.jsonl")):
         for r in read_jsonl(f):
-            kind = r["condition"].partition("|")[2] or "baseline"
-            by_kind.setdefault(kind, []).append(r["response"])
+            groups.setdefault(r["condition"], []).append(r["response"])
     embed = _embedder()
     vocab = ctx.lm.tokenizer.vocab_size
-    rows = []
-    for kind, texts in by_kind.items():
+    per_group = []
+    for cond, texts in groups.items():
+        value, _, kind = cond.partition("|")
         nonempty = [t for t in texts if t.strip()]
         emb = embed(nonempty) if len(nonempty) >= 2 else None
-        rows.append({"kind": kind, "n": len(texts), "distinct_1": distinct_n(nonempty, 1) if nonempty else np.nan,
-                     "distinct_2": distinct_n(nonempty, 2) if nonempty else np.nan,
-                     "ead_2": ead_n(nonempty, 2, vocab) if nonempty else np.nan,
-                     "semantic_diversity": semantic_diversity(emb) if emb is not None else np.nan})
-    df = pd.DataFrame(rows)
+        per_group.append({"condition": cond, "value": value if kind else None, "kind": kind or "baseline",
+                          "n": len(texts), "n_nonempty": len(nonempty),
+                          "distinct_1": distinct_n(nonempty, 1) if nonempty else np.nan,
+                          "distinct_2": distinct_n(nonempty, 2) if nonempty else np.nan,
+                          "ead_2": ead_n(nonempty, 2, vocab) if nonempty else np.nan,
+                          "semantic_diversity": semantic_diversity(emb) if emb is not None else np.nan})
+    pg = pd.DataFrame(per_group)
+    _write_csv(sec / "tables" / "diversity_per_condition.csv", pg)
+    metrics = ["distinct_1", "distinct_2", "ead_2", "semantic_diversity"]
+    agg = pg.groupby("kind")[metrics].agg(["mean", "std"])
+    agg.columns = [f"{m}_{s}" if s == "std" else m for m, s in agg.columns]
+    df = agg.reset_index()
+    df.insert(1, "groups", pg.groupby("kind").size().reindex(df["kind"]).to_numpy())
+    df.insert(2, "group_size", pg.groupby("kind")["n"].max().reindex(df["kind"]).to_numpy())
+    # Each kind against the random direction of the same norm (the control) and against the baseline.
+    for ref in ("random", "baseline"):
+        if ref in set(df["kind"]):
+            r = df.set_index("kind").loc[ref]
+            for m in ("distinct_2", "semantic_diversity"):
+                df[f"{m}_minus_{ref}"] = df[m] - float(r[m])
     _write_csv(sec / "tables" / "diversity.csv", df)
     # Logit lens of each vector kind at the layer.
     from .models import _get_attr_path
@@ -429,7 +471,8 @@ def _diversity(ctx: _Ctx) -> dict[str, Any]:
             lens_rows.append({"value": v, "kind": kind, "entropy": float(ll.entropy), "top_tokens": " | ".join(toks)})
     lens = pd.DataFrame(lens_rows)
     _write_csv(sec / "tables" / "logit_lens.csv", lens)
-    return {"distinct_2": {r["kind"]: round(float(r["distinct_2"]), 4) for _, r in df.iterrows()},
+    return {"group_size": int(pg["n"].max()), "groups": len(pg),
+            "distinct_2": {r["kind"]: round(float(r["distinct_2"]), 4) for _, r in df.iterrows()},
             "semantic_diversity": {r["kind"]: round(float(r["semantic_diversity"]), 4) for _, r in df.iterrows()},
             "mean_logit_lens_entropy": {k: round(float(x), 4) for k, x in lens.groupby("kind")["entropy"].mean().items()}}
 
@@ -521,10 +564,121 @@ def _crosslingual(ctx: _Ctx) -> dict[str, Any]:
         return {"status": "not run",
                 "reason": f"{ctx.lm.name} is English-only; run with the multilingual model (--model qwen2.5-0.5b) "
                           "or set languages"}
+    unknown = sorted(set(ctx.cfg.crosslingual_conditions) - {*STEER_KINDS, "combined", "random", "ablate_shared",
+                                                             "ablate_random", "neurons_shared", "neurons_random"})
+    if unknown:
+        raise ConfigError(f"unknown crosslingual_conditions: {', '.join(unknown)}")
     out = {}
-    for lang in langs:
-        out[lang] = _questionnaire(ctx, lang=lang, section="crosslingual")
-    return {"languages": langs, "by_language": out}
+    for lang in ["en", *langs]:  # English with the same conditions: the reference each language is compared to
+        out[lang] = _questionnaire(ctx, lang=lang, section="crosslingual", conditions=ctx.cfg.crosslingual_conditions)
+    rows = [{"lang": lang, "condition": c, "delta": r["mean_delta"][c], "delta_vs_others": r["mean_delta_vs_others"][c]}
+            for lang, r in out.items() for c in r["mean_delta"]]
+    df = pd.DataFrame(rows)
+    _write_csv(ctx.sec("crosslingual") / "tables" / "by_language.csv", df)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    conds = list(dict.fromkeys(df["condition"]))
+    order = list(out)
+    width = 0.8 / max(1, len(conds))
+    x = np.arange(len(order))
+    for k, c in enumerate(conds):
+        d = df[df["condition"] == c].set_index("lang").reindex(order)["delta_vs_others"]
+        ax.bar(x + (k - (len(conds) - 1) / 2) * width, d.to_numpy(), width, label=c)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(x, order)
+    ax.set(ylabel="Δ target − Δ others (6-point)",
+           title=f"English vectors, questionnaire per language (α={ctx.alpha:g}, layer {ctx.layer})")
+    ax.legend(fontsize=8)
+    _savefig(fig, ctx.sec("crosslingual") / "figures" / "by_language.png")
+    return {"languages": langs, "conditions": list(ctx.cfg.crosslingual_conditions), "by_language": out}
+
+
+def _agreement(ctx: _Ctx) -> dict[str, Any]:
+    """The extract judge against other judges on the extract's own responses (Cohen's kappa per value), and
+    each judge's sanity check on prompted responses: how often it finds value s in answers prompted to express s
+    versus in answers prompted for another value."""
+    from .extract import ExtractConfig, load_responses, make_judge
+    from .judges.agreement import agreement
+    from .judges.base import JudgeResult
+    from .values import get_value
+
+    sec = ctx.sec("agreement")
+    jpath = ctx.run / "judgments.jsonl"
+    if not jpath.exists():
+        raise DataError(f"{ctx.run}: no judgments.jsonl; run `valuelens extract --stage judge --out {ctx.run}`")
+    judged = {j["id"]: j["labels"] for j in read_jsonl(jpath)}
+    recs = [r for r in load_responses(ctx.run) if r["id"] in judged and r["response"].strip()]
+    if not recs:
+        return {"status": "not run", "reason": "no judged non-empty responses"}
+    vals = [get_value(v) for v in VALUE_NAMES]
+    lab = np.zeros((len(recs), len(vals)), dtype=bool)
+    valid = np.ones_like(lab)
+    for i, r in enumerate(recs):
+        for j, v in enumerate(vals):
+            x = judged[r["id"]].get(v.name)
+            valid[i, j] = x is not None
+            lab[i, j] = bool(x)
+    primary_name = str(json.loads((ctx.run / "judge.json").read_text()).get("name", "extract judge")) \
+        if (ctx.run / "judge.json").exists() else "extract judge"
+    results = {primary_name: JudgeResult(vals, lab, np.full(lab.shape, np.nan), valid)}
+    texts = [r["response"] for r in recs]
+    for name in ctx.cfg.agreement_judges:
+        judge = make_judge(ExtractConfig.from_dict({"judge": name, "model": ctx.extract_cfg.get("model", "smollm2")}))
+        label = str(judge.describe().get("name", name))
+        if label in results:
+            label = f"{label} ({name})"
+        results[label] = judge.judge(texts, VALUE_NAMES)
+    rows, pooled = [], {}
+    primary = results[primary_name]
+    for label, res in results.items():
+        if label == primary_name:
+            continue
+        rep = agreement(primary, res, names=(primary_name, label))
+        for v, g in [*rep.per_value.items(), ("pooled", rep.pooled)]:
+            if not g.n:  # a value the extract judge never labelled
+                continue
+            rows.append({"judge_a": primary_name, "judge_b": label, "value": v, "n": g.n,
+                         "agreement": g.agreement, "kappa": g.kappa, "yes_rate_a": g.rate_a, "yes_rate_b": g.rate_b})
+        pooled[label] = {"kappa": round(float(rep.pooled.kappa), 4), "agreement": round(float(rep.pooled.agreement), 4),
+                         "mean_kappa": round(float(rep.mean_kappa), 4)}
+    agree = pd.DataFrame(rows)
+    if len(agree):
+        _write_csv(sec / "tables" / "judge_agreement.csv", agree)
+    # Prompted responses: the target value should be found far more often than other values' targets.
+    cond = np.array([r.get("condition") for r in recs])
+    target = np.array([r.get("target_value") or "" for r in recs])
+    trows = []
+    for label, res in results.items():
+        for j, v in enumerate(vals):
+            on = (cond == "prompted") & (target == v.name) & res.valid[:, j]
+            off = (cond == "prompted") & (target != v.name) & res.valid[:, j]
+            if on.sum() and off.sum():
+                r_on, r_off = float(res.labels[on, j].mean()), float(res.labels[off, j].mean())
+                trows.append({"judge": label, "value": v.name, "n_on": int(on.sum()), "n_off": int(off.sum()),
+                              "rate_prompted_for_value": r_on, "rate_prompted_for_other": r_off,
+                              "discrimination": r_on - r_off})
+    tdf = pd.DataFrame(trows)
+    disc: dict[str, float] = {}
+    if len(tdf):
+        _write_csv(sec / "tables" / "prompted_target_rates.csv", tdf)
+        disc = {k: round(float(x), 4) for k, x in tdf.groupby("judge")["discrimination"].mean().items()}
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        judges = list(dict.fromkeys(tdf["judge"]))
+        width = 0.8 / len(judges)
+        names = [v.name for v in vals if v.name in set(tdf["value"])]
+        x = np.arange(len(names))
+        for k, jn in enumerate(judges):
+            d = tdf[tdf["judge"] == jn].set_index("value").reindex(names)["discrimination"]
+            ax.bar(x + (k - (len(judges) - 1) / 2) * width, d.to_numpy(), width, label=jn)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set(ylabel="yes rate: prompted for s − prompted for others",
+               title="Does each judge find the value a response was prompted to express?")
+        ax.legend(fontsize=8)
+        _savefig(fig, sec / "figures" / "prompted_target_discrimination.png")
+    return {"primary": primary_name, "judges": list(results), "n_texts": len(recs), "pooled": pooled,
+            "mean_discrimination": disc}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -564,9 +718,17 @@ def _findings(run: Path) -> list[dict[str, Any]]:
         pc = comp.get("mean_pairwise_cosine")
         share = comp.get("projection_share")
         ok = pc is not None and pc > 0.3
+        ours = f"mean pairwise cos {pc:.3f}; projection share {share:.2f}" if pc is not None else "n/a"
+        by_layer = run / "tables" / "compliance_by_layer.csv"
+        if by_layer.exists():  # the auto layer may not be where the structure is: say where it peaks
+            cl_ = pd.read_csv(by_layer)
+            if len(cl_) and "mean_pairwise_cosine" in cl_:
+                best = cl_.loc[cl_["mean_pairwise_cosine"].idxmax()]
+                ours += (f" at layer {vs.get('layer')}; max over layers {best['mean_pairwise_cosine']:.3f} at layer "
+                         f"{int(best['layer'])} (share {best['projection_share']:.2f})")
         out.append({"id": "compliance-direction", "claim": "prompted−intrinsic differences share a common direction",
                     "paper": "mean pairwise cos 0.476; mean explains 48–68 %",
-                    "ours": f"mean pairwise cos {pc:.3f}; projection share {share:.2f}" if pc is not None else "n/a",
+                    "ours": ours,
                     "status": "reproduced" if ok else "not reproduced", "evidence": "tables/compliance_by_layer.csv"})
     q = load("questionnaire")
     if q.get("mean_delta"):
@@ -607,11 +769,13 @@ def _findings(run: Path) -> list[dict[str, Any]]:
                     "evidence": "analyze/steering/tables/mean_expression_rates.csv"})
     dv = load("diversity")
     if dv.get("distinct_2"):
-        d2 = dv["distinct_2"]
+        d2, sd = dv["distinct_2"], dv.get("semantic_diversity", {})
         ok = d2.get("intrinsic", 0) > d2.get("prompted", 1) and d2.get("intrinsic_orth", 0) > d2.get("prompted_orth", 1)
+        kinds = [k for k in ("baseline", "random", "intrinsic", "prompted", "intrinsic_orth", "prompted_orth") if k in d2]
         out.append({"id": "diversity", "claim": "intrinsic steering gives more diverse text than prompted",
                     "paper": "Distinct-2: int 0.362, prompt 0.342, int⊥ 0.402, prompt⊥ 0.203",
-                    "ours": ", ".join(f"{k} {v:.3f}" for k, v in d2.items()),
+                    "ours": f"Distinct-2 / semantic diversity per group of {dv.get('group_size', '?')} answers: "
+                            + ", ".join(f"{k} {d2[k]:.3f}/{sd.get(k, float('nan')):.3f}" for k in kinds),
                     "status": "reproduced" if ok else "not reproduced",
                     "evidence": "analyze/diversity/tables/diversity.csv"})
     c = load("circumplex")
@@ -641,10 +805,26 @@ def _findings(run: Path) -> list[dict[str, Any]]:
                     else "not reproduced",
                     "evidence": "analyze/compliance/tables/instruction_following.csv"})
     cl = load("crosslingual")
-    out.append({"id": "cross-lingual", "claim": "English vectors steer the questionnaire in other languages",
-                "paper": "mean of 5 languages", "ours": cl.get("reason", json.dumps(cl.get("languages", []))),
-                "status": "not run" if cl.get("status") == "not run" or not cl else "partial",
-                "evidence": "analyze/crosslingual"})
+    by = cl.get("by_language", {})
+    if by:
+        en = by.get("en", {}).get("mean_delta_vs_others") or q.get("mean_delta_vs_others", {})
+        rel = {lang: r.get("mean_delta_vs_others", {}) for lang, r in by.items() if lang != "en"}
+
+        def gain(r: dict[str, float]) -> float:  # steering (mean of int, prompt) beyond the random control
+            return float(np.mean([r.get("intrinsic", 0.0), r.get("prompted", 0.0)]) - r.get("random", 0.0))
+        gains = {lang: gain(r) for lang, r in rel.items()}
+        ok = bool(gains) and float(np.mean(list(gains.values()))) > 0.05
+        out.append({"id": "cross-lingual", "claim": "English vectors steer the questionnaire in other languages",
+                    "paper": "English-extracted vectors steer all five languages (mean over languages)",
+                    "ours": "target − others beyond random (mean of v_int, v_prompt): "
+                            + (f"en {gain(en):+.3f}, " if en else "")
+                            + ", ".join(f"{lang} {g:+.3f}" for lang, g in gains.items()),
+                    "status": "reproduced" if ok else "not reproduced",
+                    "evidence": "analyze/crosslingual/tables"})
+    else:
+        out.append({"id": "cross-lingual", "claim": "English vectors steer the questionnaire in other languages",
+                    "paper": "mean of 5 languages", "ours": cl.get("reason", "not run"), "status": "not run",
+                    "evidence": "analyze/crosslingual"})
     return out
 
 
@@ -670,11 +850,13 @@ def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig, *, lm: LoadedModel | No
     summary = json.loads((run / "vectors_summary.json").read_text())
     layer = lm.spec.check_layer(cfg.layer) if cfg.layer is not None else int(summary["layer"])
     ctx = _Ctx(run=run, cfg=cfg, lm=lm, vv=vv, layer=layer, values=values, extract_cfg=ecfg)
-    cfg_hash = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    # Which sections run does not change any section's result: leave it out, so `--section X` reuses the rest.
+    hashed = {k: v for k, v in cfg.to_dict().items() if k != "sections"}
+    cfg_hash = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
     timings: dict[str, float] = {}
     fns = {"capability": _capability, "neurons": _neurons, "questionnaire": _questionnaire, "steering": _steering,
            "diversity": _diversity, "circumplex": _circumplex, "compliance": _compliance,
-           "crosslingual": _crosslingual}
+           "crosslingual": _crosslingual, "agreement": _agreement}
     needs_vectors = {"capability", "neurons", "questionnaire", "steering", "diversity", "compliance", "crosslingual"}
     for name in SECTIONS:
         if name not in cfg.sections and name != "capability":

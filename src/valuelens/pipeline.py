@@ -39,12 +39,13 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool = True, quick: bo
     target = default_detector()
     if (target / "detector.json").exists():
         return target
-    tcfg = TrainConfig(encoder="minilm", bf16=bf16)
+    # The recipe of docs/detector.md's saved detector: lr 1e-4 (encoder), 2e-3 (head), head bias at the prior.
+    tcfg = TrainConfig(encoder="minilm", bf16=bf16, lr=1e-4, head_lr=2e-3)
     if quick:
         target = target.parent / "minilm-quick"
         if (target / "detector.json").exists():
             return target
-        tcfg = TrainConfig(encoder="minilm", bf16=bf16, epochs=1, max_train=1200, max_len=96)
+        tcfg = TrainConfig(encoder="minilm", bf16=bf16, lr=1e-4, head_lr=2e-3, epochs=1, max_train=1200, max_len=96)
     train_dir = target.parent / f"{target.name}-training"
     folder = _data_dir(data_dir)
     print(f"valuelens: training the default value detector (MiniLM) into {target} — once per machine")

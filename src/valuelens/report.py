@@ -151,6 +151,10 @@ SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("compliance", "Compliance channel",
                 "Steering with the compliance direction (mean of v_prompt − v_int) and its effect on instruction "
                 "following and refusals (paper: attack success 13–27 % → 83–97 %)."),
+    SectionSpec("agreement", "Judge agreement",
+                "The extract's judge against the other judges on the same responses (Cohen's kappa per value), "
+                "and each judge's sanity check on prompted responses: how much more often it finds value s in "
+                "answers prompted to express s than in answers prompted for another value."),
     SectionSpec("capability", "Capability guard",
                 "The capability score under steering, used to pick the largest α within the allowed loss (paper: "
                 "< 5 points, α = 4 for Qwen2.5-7B)."),

@@ -134,6 +134,18 @@ def test_resume_equals_uninterrupted(splits: tuple, tmp_path: Path) -> None:
         train_detector(train, valid, replace(cfg, lr=1e-3), tmp_path / "b", progress=False)
 
 
+def test_head_bias_starts_at_the_log_prior_odds(splits: tuple, tmp_path: Path) -> None:
+    train, valid = splits
+    # Learning rates of zero: the weights after training are the initial ones.
+    cfg = TrainConfig(epochs=1, max_train=64, batch_size=32, lr=0.0, head_lr=0.0, threshold_source="none")
+    res = train_detector(train, valid.head(20), cfg, tmp_path / "prior", progress=False)
+    p = np.maximum(train.labels[:64].sum(0), 1) / 64  # a category without positives counts as one
+
+    np.testing.assert_allclose(res.model.head.bias.detach().numpy(), np.log(p / (1 - p)), rtol=1e-5, atol=1e-6)
+    zero = train_detector(train, valid.head(20), replace(cfg, prior_bias=False), tmp_path / "zero", progress=False)
+    assert not np.allclose(zero.model.head.bias.detach().numpy(), np.log(p / (1 - p)), atol=1e-2)
+
+
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_prompt_tuning_trains_only_prompt_and_head(kind: str, splits: tuple, tmp_path: Path) -> None:
     train, valid = splits

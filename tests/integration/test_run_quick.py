@@ -40,6 +40,9 @@ def test_every_stage_wrote_its_tables_and_figures(quick_run):
               "analyze/steering/tables/expression_rates.csv", "analyze/diversity/tables/diversity.csv",
               "analyze/diversity/tables/logit_lens.csv", "analyze/circumplex/tables/circumplex.csv",
               "analyze/circumplex/figures/circumplex_pca.png", "analyze/compliance/tables/instruction_following.csv",
+              "analyze/diversity/tables/diversity_per_condition.csv", "analyze/agreement/tables/judge_agreement.csv",
+              "analyze/agreement/tables/prompted_target_rates.csv",
+              "analyze/agreement/figures/prompted_target_discrimination.png",
               "findings.json", "report.html"]:
         assert (run / f).is_file(), f"missing {f}"
     manifest = json.loads((run / "manifest-run.json").read_text())
@@ -61,6 +64,24 @@ def test_questionnaire_has_controls(quick_run):
             "ablate_shared", "ablate_random", "neurons_shared", "neurons_random"} <= set(df["condition"])
     cap = json.loads((quick_run / "analyze/capability/summary.json").read_text())
     assert cap["alpha"] in (0.05, 0.1) and isinstance(cap["guard_exceeded"], bool)
+    sweep = pd.read_csv(quick_run / "analyze/capability/tables/alpha_sweep.csv")
+    assert sweep["direction"].nunique() == 2 * len(cap["guard_values"]) >= 2  # v_int and v_prompt of each
+
+
+def test_diversity_compares_equal_sized_groups_and_judges_are_compared(quick_run):
+    import pandas as pd
+
+    pg = pd.read_csv(quick_run / "analyze/diversity/tables/diversity_per_condition.csv")
+    assert pg["n"].nunique() == 1 and pg["n"].iloc[0] == AnalyzeConfig.quick().n_free
+    assert "baseline" in set(pg["kind"]) and "random" in set(pg["kind"])
+    div = pd.read_csv(quick_run / "analyze/diversity/tables/diversity.csv").set_index("kind")
+    assert div.loc["random", "distinct_2_minus_random"] == 0.0
+    ag = pd.read_csv(quick_run / "analyze/agreement/tables/judge_agreement.csv")
+    assert set(ag["judge_b"]) == {"lexicon"} and (ag["n"] > 0).all()
+    assert ((ag["agreement"] >= 0) & (ag["agreement"] <= 1)).all()
+    rates = pd.read_csv(quick_run / "analyze/agreement/tables/prompted_target_rates.csv")
+    assert {"detector", "lexicon"} <= set(rates["judge"])
+    assert (rates["discrimination"] == rates["rate_prompted_for_value"] - rates["rate_prompted_for_other"]).all()
 
 
 def test_analyze_rerun_is_resumed_and_bad_inputs(quick_run, tmp_path, smollm2):
@@ -97,3 +118,25 @@ def test_export_vector_as_llama_cpp_control_vector(quick_run, tmp_path):
     vv = ValueVectors.load(quick_run / "vectors.safetensors")
     t = next(t for t in reader.tensors if t.name == "direction.15")
     torch.testing.assert_close(torch.as_tensor(t.data.copy()).flatten(), vv.get("Power", "prompted")[15])
+
+
+def test_crosslingual_section_runs_the_same_conditions_in_every_language(quick_run, tmp_path, smollm2):
+    import pandas as pd
+
+    # SmolLM2 is English-only, so the default skips it; forcing a language exercises the machinery for real.
+    run = tmp_path / "xl"
+    shutil.copytree(quick_run, run)
+    cfg = AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"], crosslingual_conditions=["prompted", "random"])
+    findings = {f["id"]: f for f in run_analyze(run, cfg, lm=smollm2)}
+    df = pd.read_csv(run / "analyze/crosslingual/tables/by_language.csv")
+    assert set(df["lang"]) == {"en", "zh"} and set(df["condition"]) == {"prompted", "random"}
+    per = pd.read_csv(run / "analyze/crosslingual/tables/steering_effect_zh.csv")
+    en = pd.read_csv(run / "analyze/crosslingual/tables/steering_effect_en.csv")
+    assert (per["lang"] == "zh").all() and set(per["condition"]) == {"prompted", "random"}
+    assert set(per["target"]) == set(en["target"]) and len(per) == 2 * per["target"].nunique() >= 2
+    assert (run / "analyze/crosslingual/figures/by_language.png").is_file()
+    assert findings["cross-lingual"]["status"] in ("reproduced", "not reproduced")
+    assert "zh" in findings["cross-lingual"]["ours"]
+    with pytest.raises(ConfigError, match="unknown crosslingual_conditions"):
+        run_analyze(run, AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"],
+                                             crosslingual_conditions=["vibes"]), lm=smollm2)

@@ -209,6 +209,24 @@ def test_choose_alpha_stops_at_the_first_break_and_handles_signs(lm):
     assert none.alpha == 0.0 and none.none_eligible
 
 
+def test_choose_alpha_stop_early_sweeps_only_up_to_the_first_break(lm):
+    scores = {0.0: 0.9, 1.0: 0.9, 2.0: 0.88, 3.0: 0.7, 4.0: 0.9}
+    calls: list[float] = []
+
+    def fn(ivs):
+        calls.append(_alpha_of(ivs))
+        return scores[_alpha_of(ivs)]
+    ch = choose_alpha(lm, _make, [4, 3, 2, 1, 0], CapabilityMetric(fn), check_text=False, stop_early=True)
+    assert ch.alpha == 2.0  # the same choice as the full sweep
+    assert calls == [0.0, 1.0, 2.0, 3.0]  # baseline, then ascending, stopping at the first ineligible α
+    calls.clear()
+    again = choose_alpha(lm, _make, [1, 2, 3], CapabilityMetric(fn), check_text=False, stop_early=True,
+                         baseline_score=0.9)
+    assert again.alpha == 2.0 and calls == [1.0, 2.0, 3.0]  # the given baseline is not recomputed
+    with pytest.raises(ConfigError, match="positive"):
+        choose_alpha(lm, _make, [0, -1], CapabilityMetric(fn), check_text=False, stop_early=True)
+
+
 def test_choose_alpha_relative_perplexity_loss(lm):
     metric = CapabilityMetric(lambda ivs: 20.0 * (1 + 0.02 * _alpha_of(ivs)), higher_is_better=False,
                               relative=True, name="ppl")

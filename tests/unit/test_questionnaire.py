@@ -257,3 +257,16 @@ def test_steering_effect_deltas(lm):
         steering_effect(lm, items, {"a": []}, targets={"b": "power"})
     with pytest.raises(ConfigError, match="reserved"):
         steering_effect(lm, items, {"baseline": []})
+
+
+def test_steering_effect_reuses_a_precomputed_baseline(lm):
+    items = _items()
+    v = torch.randn(64, generator=torch.Generator().manual_seed(5))
+    conds = {"big": [Steer(v, (1,), alpha=8.0)]}
+    fresh = steering_effect(lm, items, conds)
+    base = administer(lm, items)
+    reused = steering_effect(lm, items, conds, baseline_results=base)
+    assert reused.results["baseline"] == base
+    assert [r["delta"] for r in reused.rows] == pytest.approx([r["delta"] for r in fresh.rows], abs=1e-6)
+    with pytest.raises(ConfigError, match="ids differ"):
+        steering_effect(lm, items, conds, baseline_results=base[::-1])

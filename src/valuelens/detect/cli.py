@@ -80,6 +80,8 @@ def _train_options(f: Any) -> Any:
         click.option("--max-train", type=int, default=None, help="use only the first N training arguments"),
         click.option("--checkpoint-every", type=int, default=0, show_default=True,
                      help="also checkpoint every N steps inside an epoch"),
+        click.option("--prior-bias/--zero-bias", default=True, show_default=True,
+                     help="start the head's bias at each category's log prior odds (else zero)"),
     ]
     for o in reversed(opts):
         f = o(f)

@@ -368,7 +368,8 @@ def choose_alpha(lm: LoadedModel, make_interventions: Callable[[float], Sequence
                  max_loss: float = 0.05, *, check_text: bool = True, explode_factor: float = 10.0,
                  mc_items: Sequence[MCItem] | None = None, text: str | None = None,
                  ppl_max_tokens: int | None = None, batch_size: int = 8,
-                 text_probes: Sequence[str] = DEFAULT_TEXT_PROBES) -> AlphaChoice:
+                 text_probes: Sequence[str] = DEFAULT_TEXT_PROBES, stop_early: bool = False,
+                 baseline_score: float | None = None) -> AlphaChoice:
     """Sweep ``alphas`` and return the largest α whose capability loss vs the unsteered model is ≤ ``max_loss``.
 
     ``make_interventions(alpha)`` builds the interventions for one α (e.g.
@@ -379,13 +380,21 @@ def choose_alpha(lm: LoadedModel, make_interventions: Callable[[float], Sequence
     metrics — a score beyond ``explode_factor`` × baseline). The chosen α is the largest magnitude such that it
     and all smaller magnitudes of the same sign are eligible (see :class:`AlphaChoice` for negative α).
     Degenerate α are flagged in the table, never raised.
+
+    ``stop_early`` sweeps positive α in increasing order and stops at the first ineligible one (larger α cannot
+    be chosen then), for guarding many directions cheaply; the table then lacks the unswept α.
+    ``baseline_score``: the unsteered score from an earlier call with the same metric and items (saves a pass).
     """
     if not alphas:
         raise ConfigError("no α values to sweep")
     if max_loss < 0:
         raise ConfigError("max_loss must be >= 0")
     m = _metric(lm, metric, mc_items, text, ppl_max_tokens, batch_size)
-    baseline = float(m.fn(()))
+    baseline = float(m.fn(())) if baseline_score is None else float(baseline_score)
+    if stop_early:
+        alphas = sorted(float(a) for a in alphas if a > 0)
+        if not alphas:
+            raise ConfigError("stop_early sweeps positive α only; give at least one α > 0")
     if not math.isfinite(baseline):
         raise DegenerateOutputError(f"the unsteered model's {m.name} score is not finite ({baseline})")
     table: list[dict[str, Any]] = []
@@ -413,6 +422,8 @@ def choose_alpha(lm: LoadedModel, make_interventions: Callable[[float], Sequence
         table.append({"alpha": a, "score": score, "loss": loss, "within_loss": within, "produces_text": ok_text,
                       "degenerate": degenerate, "reason": "; ".join(reasons), "eligible": within and not degenerate,
                       "sample": sample[0] if sample else ""})
+        if stop_early and not table[-1]["eligible"]:
+            break
     pos, none_pos = _walk([r for r in table if r["alpha"] >= 0])
     neg, none_neg = _walk([r for r in table if r["alpha"] <= 0])
     has_pos = any(r["alpha"] > 0 for r in table)

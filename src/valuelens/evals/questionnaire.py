@@ -139,13 +139,15 @@ class SteeringEffect:
 def steering_effect(lm: LoadedModel, items: Sequence[PVQItem] | None,
                     conditions: Mapping[str, Sequence[Intervention]], baseline: Sequence[Intervention] = (),
                     lang: str = "en", *, targets: Mapping[str, str] | None = None,
-                    system: str = NO_SYSTEM, batch_size: int = 8,
-                    score: ScoreKind = "sum") -> SteeringEffect:
+                    system: str = NO_SYSTEM, batch_size: int = 8, score: ScoreKind = "sum",
+                    baseline_results: Sequence[dict[str, Any]] | None = None) -> SteeringEffect:
     """Δ expected score per value for each steering condition, against ``baseline`` interventions.
 
     ``conditions``: ``{name: [interventions]}`` (e.g. ``{"v_int": [Steer(...)], "random": [Steer(...)]}``).
     ``targets``: optional ``{condition name: value}`` marking each condition's target value (``is_target``).
     Administer all values' items (not only the target's) so the other-values change can be measured.
+    ``baseline_results``: the records of an earlier :func:`administer` of the same items under ``baseline``
+    (saves re-scoring the unsteered model when effects are computed value by value).
     """
     if not conditions:
         raise ConfigError("no steering conditions given")
@@ -156,7 +158,12 @@ def steering_effect(lm: LoadedModel, items: Sequence[PVQItem] | None,
     if unknown:
         raise ConfigError(f"targets name unknown conditions: {', '.join(unknown)}")
     items = load_pvq(lang) if items is None else list(items)
-    base_res = administer(lm, items, lang, baseline, system, batch_size=batch_size, score=score)
+    if baseline_results is None:
+        base_res = administer(lm, items, lang, baseline, system, batch_size=batch_size, score=score)
+    else:
+        base_res = list(baseline_results)
+        if [r["id"] for r in base_res] != [it.id for it in items]:
+            raise ConfigError("baseline_results do not answer the given items (ids differ)")
     base = value_scores(base_res)
     results = {"baseline": base_res}
     rows: list[dict[str, Any]] = []
