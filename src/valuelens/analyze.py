@@ -6,6 +6,7 @@ skipped on a rerun once its ``summary.json`` exists for the same config (resumab
     capability     residual norms, α sweep with the capability guard (MC accuracy), chosen α
     neurons        value neurons: projection, top-k %, shared/unique labels, counts, overlaps, explanations
     questionnaire  PVQ-style items scored by option log-probability under each steering direction + controls
+    dose           the questionnaire effect over a range of α, past the guard (flagged), vs the random control
     steering       free-form answers under steering, judged: expression rate of the target value
     diversity      Distinct-1/2, EAD-2, semantic diversity of those answers; logit-lens entropy of each vector
     circumplex     PCA of the shared (and difference) axes, Procrustes R² vs a permutation baseline
@@ -42,7 +43,7 @@ from .values import VALUE_NAMES
 
 __all__ = ["SECTIONS", "AnalyzeConfig", "run_analyze"]
 
-SECTIONS = ("capability", "neurons", "questionnaire", "steering", "diversity", "circumplex", "compliance",
+SECTIONS = ("capability", "neurons", "questionnaire", "dose", "steering", "diversity", "circumplex", "compliance",
             "crosslingual", "agreement")
 STEER_KINDS = ("intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared")
 
@@ -65,6 +66,12 @@ class AnalyzeConfig:
     n_instructions: int = 24
     instr_max_new_tokens: int = 64
     harmful_prompts: str | None = None  # optional file of harmful requests for refusal rates
+    # Dose-response: the questionnaire effect over a range of α (including α beyond the guard, flagged), for the
+    # first `dose_values` values (0 = all), `dose_items_per_value` items per value.
+    dose_alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.8])
+    dose_conditions: list[str] = field(default_factory=lambda: ["prompted", "random"])
+    dose_values: int = 3
+    dose_items_per_value: int = 4
     # Judges compared with the extract's judge on its responses: names (lexicon, llm, detector) or a detector
     # folder. The LLM judge on the embedded 135M model is slow and near chance (docs/llm.md), hence not default.
     agreement_judges: list[str] = field(default_factory=lambda: ["lexicon"])
@@ -84,7 +91,7 @@ class AnalyzeConfig:
     def quick(cls, **overrides: Any) -> AnalyzeConfig:
         base: dict[str, Any] = dict(alphas=[0.05, 0.1], mc_items=40, pvq_items_per_value=2, n_free=3,
                                     free_max_new_tokens=24, n_instructions=6, instr_max_new_tokens=32,
-                                    neuron_explain=1)
+                                    neuron_explain=1, dose_alphas=[0.05, 0.4], dose_values=2, dose_items_per_value=2)
         base.update(overrides)
         return cls.from_dict(base)
 
@@ -273,14 +280,15 @@ def _direction_conditions(ctx: _Ctx, value: str, *, ablations: bool = True) -> d
     return conds
 
 
-def _pvq_items(ctx: _Ctx, lang: str) -> list[Any]:
+def _pvq_items(ctx: _Ctx, lang: str, per_value: int | None = None) -> list[Any]:
     from .evals.items import load_pvq
 
     items = load_pvq(lang)
     per: dict[str, int] = {}
     out = []
+    k = ctx.cfg.pvq_items_per_value if per_value is None else per_value
     for it in items:
-        if per.get(it.value, 0) < ctx.cfg.pvq_items_per_value:
+        if per.get(it.value, 0) < k:
             out.append(it)
             per[it.value] = per.get(it.value, 0) + 1
     return out
@@ -329,6 +337,62 @@ def _questionnaire(ctx: _Ctx, lang: str = "en", section: str = "questionnaire",
             "mean_delta": {r["condition"]: round(float(r["delta"]), 4) for _, r in mean.iterrows()},
             "mean_delta_vs_others": {r["condition"]: round(float(r["delta_vs_others"]), 4)
                                      for _, r in mean.iterrows()}}
+
+
+def _dose(ctx: _Ctx) -> dict[str, Any]:
+    """Δ target − others over ``dose_alphas`` for ``dose_conditions``: does steering work at any strength, and
+    how far past the capability guard? α above the guard's choice are flagged ``beyond_guard``."""
+    from .evals.questionnaire import administer, steering_effect
+
+    sec = ctx.sec("dose")
+    wanted = list(ctx.cfg.dose_conditions)
+    unknown = sorted(set(wanted) - {*STEER_KINDS, "combined", "random"})
+    if unknown:
+        raise ConfigError(f"unknown dose_conditions: {', '.join(unknown)}")
+    items = _pvq_items(ctx, "en", ctx.cfg.dose_items_per_value)
+    values = ctx.values if ctx.cfg.dose_values == 0 else ctx.values[: ctx.cfg.dose_values]
+    base = administer(ctx.lm, items, "en", batch_size=ctx.cfg.batch_size)
+    chosen = ctx.alpha
+    rows = []
+    for v in values:
+        conds: dict[str, list[Intervention]] = {}
+        for a in ctx.cfg.dose_alphas:
+            ctx.alpha = float(a)  # _direction_conditions steers at ctx.alpha
+            try:
+                for k, ivs in _direction_conditions(ctx, v, ablations=False).items():
+                    if k in wanted:
+                        conds[f"{k}@{a:g}"] = ivs
+            finally:
+                ctx.alpha = chosen
+        eff = steering_effect(ctx.lm, items, conds, targets=dict.fromkeys(conds, v), batch_size=ctx.cfg.batch_size,
+                              baseline_results=base)
+        for r in eff.target_rows():
+            kind, _, a = r["condition"].partition("@")
+            rows.append({"target": v, "kind": kind, "alpha": float(a), "beyond_guard": float(a) > (chosen or 0) + 1e-12,
+                         **{k: r[k] for k in ("baseline", "steered", "delta", "delta_others", "delta_vs_others")}})
+    df = pd.DataFrame(rows)
+    _write_csv(sec / "tables" / "dose_response.csv", df)
+    mean = df.groupby(["kind", "alpha"])[["delta", "delta_others", "delta_vs_others"]].mean().reset_index()
+    mean["beyond_guard"] = mean["alpha"] > (chosen or 0) + 1e-12
+    _write_csv(sec / "tables" / "mean_dose_response.csv", mean)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for kind, g in mean.groupby("kind", sort=False):
+        ax.plot(g["alpha"], g["delta_vs_others"], marker="o", label=kind)
+    if chosen:
+        ax.axvline(chosen, color="grey", ls=":", label=f"guard α = {chosen:g}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xscale="log", xlabel="α (relative to mean residual norm)", ylabel="Δ target − Δ others (6-point)",
+           title=f"Dose-response, layer {ctx.layer}, {len(values)} values")
+    ax.legend(fontsize=8)
+    _savefig(fig, sec / "figures" / "dose_response.png")
+    gain: dict[str, float] = {}
+    if "random" in wanted:
+        piv = mean.pivot(index="alpha", columns="kind", values="delta_vs_others")
+        others = [k for k in wanted if k != "random"]
+        gain = {f"{a:g}": round(float(piv.loc[a, others].mean() - piv.loc[a, "random"]), 4) for a in piv.index}
+    return {"layer": ctx.layer, "guard_alpha": chosen, "values": values, "items": len(items),
+            "alphas": list(ctx.cfg.dose_alphas), "conditions": wanted, "gain_over_random": gain}
 
 
 def _free_queries(ctx: _Ctx) -> list[str]:
@@ -758,6 +822,24 @@ def _findings(run: Path) -> list[dict[str, Any]]:
                                 f"{r.get('ablate_random', float('nan')):+.2f}",
                         "status": "reproduced" if oka else "not reproduced",
                         "evidence": "analyze/questionnaire/tables/mean_effect_en.csv"})
+    dz = load("dose")
+    if dz.get("gain_over_random"):
+        g = {float(a): x for a, x in dz["gain_over_random"].items()}
+        ga = dz.get("guard_alpha") or 0.0
+        within = [x for a, x in g.items() if a <= ga + 1e-12]
+        beyond = {a: x for a, x in g.items() if a > ga + 1e-12}
+        if within and max(within) > 0.05:
+            status = "reproduced"
+        elif beyond and max(beyond.values()) > 0.05:
+            status = "partial"
+        else:
+            status = "not reproduced"
+        out.append({"id": "dose-response", "claim": "steering strength moves the target value beyond a random direction",
+                    "paper": "monotone in α up to the capability limit",
+                    "ours": "gain over random (Δ target − others) by α: " + ", ".join(f"{a:g}: {x:+.3f}" for a, x in g.items())
+                            + f"; guard α {ga:g}" + ("; effect only past the guard (capability cost)"
+                                                     if status == "partial" else ""),
+                    "status": status, "evidence": "analyze/dose/tables/mean_dose_response.csv"})
     s = load("steering")
     if s.get("mean_delta_expression"):
         d = s["mean_delta_expression"]
@@ -856,8 +938,9 @@ def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig, *, lm: LoadedModel | No
     timings: dict[str, float] = {}
     fns = {"capability": _capability, "neurons": _neurons, "questionnaire": _questionnaire, "steering": _steering,
            "diversity": _diversity, "circumplex": _circumplex, "compliance": _compliance,
-           "crosslingual": _crosslingual, "agreement": _agreement}
-    needs_vectors = {"capability", "neurons", "questionnaire", "steering", "diversity", "compliance", "crosslingual"}
+           "crosslingual": _crosslingual, "agreement": _agreement, "dose": _dose}
+    needs_vectors = {"capability", "neurons", "questionnaire", "dose", "steering", "diversity", "compliance",
+                     "crosslingual"}
     for name in SECTIONS:
         if name not in cfg.sections and name != "capability":
             continue

@@ -139,6 +139,9 @@ SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("questionnaire", "Questionnaire (steerability)",
                 "PVQ-style portrait items scored by option log-probabilities, with and without steering. Paper "
                 "(Qwen2.5-7B, 6-point scale): +1.74 intrinsic, +2.21 prompted, +0.47 intrinsic⊥, +1.62 prompted⊥."),
+    SectionSpec("dose", "Dose-response",
+                "The questionnaire effect (Δ target − Δ others) over a range of α for a few values, including α past "
+                "the capability guard (flagged beyond_guard), against a random direction of the same norm."),
     SectionSpec("diversity", "Diversity",
                 "Distinct-n, EAD, semantic diversity and logit-lens entropy of steered responses. Paper Distinct-2: "
                 "0.362 intrinsic, 0.342 prompted, 0.402 intrinsic⊥, 0.203 prompted⊥."),

@@ -43,6 +43,7 @@ def test_every_stage_wrote_its_tables_and_figures(quick_run):
               "analyze/diversity/tables/diversity_per_condition.csv", "analyze/agreement/tables/judge_agreement.csv",
               "analyze/agreement/tables/prompted_target_rates.csv",
               "analyze/agreement/figures/prompted_target_discrimination.png",
+              "analyze/dose/tables/dose_response.csv", "analyze/dose/figures/dose_response.png",
               "findings.json", "report.html"]:
         assert (run / f).is_file(), f"missing {f}"
     manifest = json.loads((run / "manifest-run.json").read_text())
@@ -66,6 +67,18 @@ def test_questionnaire_has_controls(quick_run):
     assert cap["alpha"] in (0.05, 0.1) and isinstance(cap["guard_exceeded"], bool)
     sweep = pd.read_csv(quick_run / "analyze/capability/tables/alpha_sweep.csv")
     assert sweep["direction"].nunique() == 2 * len(cap["guard_values"]) >= 2  # v_int and v_prompt of each
+
+
+def test_dose_response_spans_the_guard_with_a_random_control(quick_run):
+    import pandas as pd
+
+    cap = json.loads((quick_run / "analyze/capability/summary.json").read_text())
+    df = pd.read_csv(quick_run / "analyze/dose/tables/dose_response.csv")
+    assert set(df["kind"]) == {"prompted", "random"} and sorted(set(df["alpha"])) == [0.05, 0.4]
+    assert (df["beyond_guard"] == (df["alpha"] > cap["alpha"] + 1e-12)).all()
+    assert 1 <= df["target"].nunique() <= 2 and len(df) == 4 * df["target"].nunique()  # 2 kinds × 2 α
+    findings = {f["id"]: f for f in json.loads((quick_run / "findings.json").read_text())}
+    assert findings["dose-response"]["status"] in ("reproduced", "partial", "not reproduced")
 
 
 def test_diversity_compares_equal_sized_groups_and_judges_are_compared(quick_run):
