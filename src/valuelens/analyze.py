@@ -70,8 +70,8 @@ class AnalyzeConfig:
     # first `dose_values` values (0 = all), `dose_items_per_value` items per value.
     dose_alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.8])
     dose_conditions: list[str] = field(default_factory=lambda: ["prompted", "random"])
-    dose_values: int = 3
-    dose_items_per_value: int = 4
+    dose_values: int = 2
+    dose_items_per_value: int = 3
     # Judges compared with the extract's judge on its responses: names (lexicon, llm, detector) or a detector
     # folder. The LLM judge on the embedded 135M model is slow and near chance (docs/llm.md), hence not default.
     agreement_judges: list[str] = field(default_factory=lambda: ["lexicon"])

@@ -82,6 +82,8 @@ def _train_options(f: Any) -> Any:
                      help="also checkpoint every N steps inside an epoch"),
         click.option("--prior-bias/--zero-bias", default=True, show_default=True,
                      help="start the head's bias at each category's log prior odds (else zero)"),
+        click.option("--threshold-objective", type=click.Choice(["macro", "category"]), default="macro",
+                     show_default=True, help="thresholds maximise the official macro F1 or each category's F1"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -111,6 +113,26 @@ def train_cmd(data: str | None, out: str, eval_split: str, **kw: Any) -> None:
           f"(thresholds: {s['main']}); validation-tuned F1 {s['validation_tuned']['f1']:.4f}, "
           f"crossfit F1 {s['crossfit']['f1']:.4f}; {res.train_seconds / 60:.1f} min training")
     click.echo(str(Path(out) / "model"))
+
+
+@detect.command("retune")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="trained detector folder (its thresholds.json is rewritten)")
+@click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
+@click.option("--objective", type=click.Choice(["macro", "category"]), default="macro", show_default=True,
+              help="maximise the official macro F1, or each category's own F1")
+@click.option("--bf16/--no-bf16", default=False)
+def retune_cmd(model_dir: str, data: str | None, objective: str, bf16: bool) -> None:
+    """Re-tune a trained detector's thresholds on the data its training tuned them on (weights untouched)."""
+    from .data import load_split
+    from .finetune import retune_detector
+
+    folder = _data_dir(data)
+    s = retune_detector(model_dir, load_split(folder, "training"), load_split(folder, "validation"),
+                        objective=objective, bf16=bf16)
+    _echo(f"validation: macro P {s['precision']:.4f} R {s['recall']:.4f} F1 {s['f1']:.4f} "
+          f"(thresholds: {s['main']}, objective {objective}); validation-tuned F1 {s['validation_tuned']['f1']:.4f}, "
+          f"crossfit F1 {s['crossfit']['f1']:.4f}")
 
 
 @detect.command("evaluate")

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ class TrainConfig:
     # Start the head's bias at each category's log prior odds: with a zero bias the first few hundred steps
     # are spent learning base rates (~17 % positives) at the encoder's small learning rate.
     prior_bias: bool = True
+    # What the per-category thresholds maximise: the official macro F1 (coordinate ascent) or each category's F1.
+    threshold_objective: str = "macro"
 
     def validate(self) -> None:
         if self.loss not in ("bce", "bce-pos", "focal"):
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ConfigError("pooling 'mask' needs a --template containing {mask}")
         if self.template and ("{text}" not in self.template):
             raise ConfigError(f"template must contain {{text}}: {self.template!r}")
+        if self.threshold_objective not in ("macro", "category"):
+            raise ConfigError(f"unknown threshold objective {self.threshold_objective!r}; choose macro or category")
         if self.threshold_source not in ("heldout", "validation", "crossfit", "none"):
             raise ConfigError(f"unknown threshold source {self.threshold_source!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.max_len < 8:
@@ -555,7 +559,7 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
                 probs = torch.sigmoid(model.head(dev_feats)).numpy()
         else:
             probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
-        th = tune_thresholds(probs, dev.labels)
+        th = tune_thresholds(probs, dev.labels, objective=config.threshold_objective)
         dev_f1 = evaluate(dev.labels, apply_thresholds(probs, th)).f1
         rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "first_loss": losses[0] if losses else float("nan"), "dev_f1_tuned": dev_f1,
@@ -609,7 +613,8 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
 
 
 def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEvalSplit, valid: ValueEvalSplit,
-                        val_probs: np.ndarray) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+                        val_probs: np.ndarray, dev_probs: np.ndarray | None = None
+                        ) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
     """Pick the saved thresholds and compute every honest/optimistic validation score.
 
     Returns (scores dict, thresholds to save, threshold info for thresholds.json). Reported keys:
@@ -621,13 +626,16 @@ def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEva
     vy = valid.labels
     out: dict[str, Any] = {"n_valid": len(valid)}
     out["at_0.5"] = evaluate(vy, apply_thresholds(val_probs, 0.5)).as_dict()
-    th_val = tune_thresholds(val_probs, vy)
+    obj = config.threshold_objective
+    out["threshold_objective"] = obj
+    th_val = tune_thresholds(val_probs, vy, objective=obj)
     out["validation_tuned"] = evaluate(vy, apply_thresholds(val_probs, th_val)).as_dict()
-    out["crossfit"] = crossfit_scores(val_probs, vy, seed=config.seed).as_dict()
+    out["crossfit"] = crossfit_scores(val_probs, vy, seed=config.seed, objective=obj).as_dict()
     th_dev = None
     if config.threshold_source == "heldout":
-        dev_probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
-        th_dev = tune_thresholds(dev_probs, dev.labels)
+        if dev_probs is None:
+            dev_probs = predict_proba(model, dev.texts(), batch_size=config.eval_batch_size, bf16=config.bf16)
+        th_dev = tune_thresholds(dev_probs, dev.labels, objective=obj)
         out["dev_f1_self_tuned"] = evaluate(dev.labels, apply_thresholds(dev_probs, th_dev)).f1
         out["heldout"] = evaluate(vy, apply_thresholds(val_probs, th_dev)).as_dict()
     choice = {"heldout": th_dev, "validation": th_val, "crossfit": th_val, "none": np.full(N_CAT, 0.5)}
@@ -637,7 +645,7 @@ def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEva
                 "none": "at_0.5"}[config.threshold_source]
     out["main"] = main_key
     out["precision"], out["recall"], out["f1"] = (out[main_key][k] for k in ("precision", "recall", "f1"))
-    info = {"source": config.threshold_source,
+    info = {"source": config.threshold_source, "objective": obj,
             "tuned_on": {"heldout": f"{len(dev)} held-out training arguments (whole conclusions)",
                          "validation": f"{len(valid)} validation arguments",
                          "crossfit": f"{len(valid)} validation arguments (saved: tuned on all of them)",
@@ -645,14 +653,48 @@ def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEva
     return out, np.asarray(th, dtype=np.float64), info
 
 
-def crossfit_scores(probs: np.ndarray, gold: np.ndarray, seed: int = 0) -> Scores:
+def retune_detector(folder: str | os.PathLike[str], train: ValueEvalSplit, valid: ValueEvalSplit, *,
+                    objective: str = "macro", bf16: bool = False) -> dict[str, Any]:
+    """Re-tune a saved detector's thresholds with ``objective`` on the *same* data its training used for them
+    (the held-out conclusions rebuilt from its train config, or validation), rewrite ``thresholds.json``
+    atomically, and return the validation scores. The weights are untouched."""
+    folder = Path(folder).expanduser()
+    det = ValueDetector.from_pretrained(folder)
+    saved = dict(det.info.get("train_config") or {})
+    if not saved:
+        raise ConfigError(f"{folder}: no train_config in detector.json; cannot rebuild its threshold data")
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg.threshold_objective = objective
+    cfg.bf16 = bf16
+    cfg.validate()
+    if valid.labels is None or train.labels is None:
+        raise ConfigError("retuning needs labelled training and validation splits")
+    sub = train.head(cfg.max_train)
+    dev = valid
+    if cfg.threshold_source == "heldout":
+        _, dev_idx = heldout_split(sub, cfg.heldout_frac, _split_seed(cfg.seed, cfg.heldout_seed))
+        dev = sub.subset(dev_idx)
+    val_probs = predict_proba(det, valid.texts(), batch_size=cfg.eval_batch_size, bf16=bf16)
+    scores, th, info = finalize_thresholds(det, cfg, dev, valid, val_probs)
+    det.thresholds = th
+    atomic_write_json(folder / "thresholds.json", {
+        "thresholds": {c: float(t) for c, t in zip(det.categories, th, strict=True)}, **info})
+    meta = json.loads((folder / "detector.json").read_text())  # keep the recorded scores in step
+    meta.setdefault("info", {})["scores"] = scores
+    meta["info"]["retuned"] = {"objective": objective}
+    atomic_write_json(folder / "detector.json", meta)
+    return scores
+
+
+def crossfit_scores(probs: np.ndarray, gold: np.ndarray, seed: int = 0, objective: str = "macro") -> Scores:
     """Tune thresholds on one random half and predict the other, both ways; score the combined predictions."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(gold))
     a, b = perm[: len(perm) // 2], perm[len(perm) // 2:]
     pred = np.zeros_like(gold, dtype=np.int64)
-    pred[b] = apply_thresholds(probs[b], tune_thresholds(probs[a], gold[a]))
-    pred[a] = apply_thresholds(probs[a], tune_thresholds(probs[b], gold[b]))
+    pred[b] = apply_thresholds(probs[b], tune_thresholds(probs[a], gold[a], objective=objective))
+    pred[a] = apply_thresholds(probs[a], tune_thresholds(probs[b], gold[b], objective=objective))
     return evaluate(gold, pred)
 
 

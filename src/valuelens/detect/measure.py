@@ -80,18 +80,7 @@ def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray | float) -> np.nd
     return (np.asarray(probs) >= np.asarray(thresholds)).astype(np.int64)
 
 
-def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
-    """Per-category thresholds maximising each category's F1 on ``(probs, gold)``.
-
-    Why per-category F1 and not the macro measure directly: the official macro P and R are means of
-    per-category values, so coordinate-wise tuning of each category's F1 is the standard, stable proxy
-    (it is what most SemEval teams did). Ties go to the lower threshold (favours recall, which the
-    official measure rewards through its macro recall). Categories without a positive get 0.5.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    gold = np.asarray(gold).astype(bool)
-    if grid is None:
-        grid = np.round(np.arange(0.02, 0.96, 0.01), 2)
+def _category_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray) -> np.ndarray:
     out = np.full(probs.shape[1], 0.5)
     for j in range(probs.shape[1]):
         g = gold[:, j]
@@ -103,3 +92,63 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None
         f1 = np.where(pp + g.sum() > 0, 2 * tp / np.maximum(pp + g.sum(), 1), 0.0)
         out[j] = float(grid[int(np.argmax(f1))])
     return out
+
+
+def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None = None,
+                    objective: str = "macro", sweeps: int = 1) -> np.ndarray:
+    """Per-category thresholds for ``probs [N, C]`` tuned on ``gold [N, C]``.
+
+    ``objective="category"`` maximises each category's own F1 (ties go to the lower threshold, which favours
+    recall). ``"macro"`` (default) starts there and then maximises the *official* measure itself — the harmonic
+    mean of macro P and macro R — by coordinate ascent, one category at a time over the grid (``sweeps``
+    passes, stopping early when nothing changes). Per-category F1 is only a proxy for the official measure: a
+    category's threshold also moves macro P against macro R. Tuned on held-out training conclusions, one pass
+    raised MiniLM's validation F1 from 0.488 to 0.506 and 0.481 to 0.509 (two seeds); three passes overfit the
+    ~540 held-out arguments for one seed (0.484), hence one pass by default (docs/detector.md). Categories
+    without a positive get 0.5.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    gold = np.asarray(gold).astype(bool)
+    if objective not in ("macro", "category"):
+        raise DataError(f"unknown threshold objective {objective!r}; choose macro or category")
+    if grid is None:
+        grid = np.round(np.arange(0.02, 0.96, 0.01), 2)
+    th = _category_thresholds(probs, gold, grid)
+    if objective == "category":
+        return th
+    has = gold.any(0)
+    if not has.any():
+        return th
+    n_has = int(has.sum())
+    gp = gold.sum(0).astype(float)
+
+    def pr(j: int, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        pred = probs[:, j][:, None] >= np.atleast_1d(t)[None, :]
+        tp = (pred & gold[:, j][:, None]).sum(0).astype(float)
+        pp = pred.sum(0).astype(float)
+        return np.divide(tp, pp, out=np.zeros_like(tp), where=pp > 0), tp / gp[j]
+
+    cols = np.flatnonzero(has)
+    cur = {int(j): pr(int(j), th[j]) for j in cols}
+    sum_p = sum(float(cur[j][0][0]) for j in cur)
+    sum_r = sum(float(cur[j][1][0]) for j in cur)
+    for _ in range(sweeps):
+        changed = False
+        for j in cols:
+            j = int(j)
+            p_j, r_j = pr(j, grid)  # [T] each
+            mp = (sum_p - cur[j][0][0] + p_j) / n_has
+            mr = (sum_r - cur[j][1][0] + r_j) / n_has
+            f = np.divide(2 * mp * mr, mp + mr, out=np.zeros_like(mp), where=(mp + mr) > 0)
+            k = int(np.argmax(f))
+            p0, r0 = cur[j][0][0], cur[j][1][0]
+            f_now = 2 * (sum_p / n_has) * (sum_r / n_has) / max(sum_p / n_has + sum_r / n_has, 1e-12)
+            if f[k] > f_now + 1e-12 and grid[k] != th[j]:
+                th[j] = float(grid[k])
+                sum_p += p_j[k] - p0
+                sum_r += r_j[k] - r0
+                cur[j] = (np.array([p_j[k]]), np.array([r_j[k]]))
+                changed = True
+        if not changed:
+            break
+    return th
