@@ -198,3 +198,27 @@ def test_ensemble_with_tfidf_member(trained: tuple, splits: tuple, tmp_path: Pat
     np.testing.assert_array_equal(back.thresholds, ens.thresholds)
     res = get_judge("detector", model=tmp_path / "ens").judge(["Protect nature."], "universalism")
     assert res.labels.shape == (1, 1)
+
+
+def test_retune_rewrites_only_the_thresholds(trained: tuple, splits: tuple, tmp_path: Path) -> None:
+    import shutil
+
+    from valuelens.detect.finetune import retune_detector
+    from valuelens.detect.measure import apply_thresholds
+
+    _, out = trained
+    train, valid = splits
+    folder = tmp_path / "det"
+    shutil.copytree(out / "model", folder)
+    head = (folder / "head.safetensors").read_bytes()
+    scores = {obj: retune_detector(folder, train, valid, objective=obj) for obj in ("category", "macro")}
+    assert (folder / "head.safetensors").read_bytes() == head  # weights untouched
+    th = json.loads((folder / "thresholds.json").read_text())
+    assert th["objective"] == "macro" and th["source"] == "heldout"
+    assert json.loads((folder / "detector.json").read_text())["info"]["scores"]["f1"] == scores["macro"]["f1"]
+    det = ValueDetector.from_pretrained(folder)
+    probs = det.predict_proba(valid.texts())
+    assert evaluate(valid.labels, apply_thresholds(probs, det.thresholds)).f1 == pytest.approx(scores["macro"]["f1"],
+                                                                                                abs=0.01)
+    # On the data it is tuned on, the official-measure objective can only match or beat the per-category one.
+    assert scores["macro"]["validation_tuned"]["f1"] >= scores["category"]["validation_tuned"]["f1"] - 1e-9
