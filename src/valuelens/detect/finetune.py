@@ -711,34 +711,34 @@ def detector_hash(folder: str | os.PathLike[str]) -> str:
 class TfidfMember:
     """A TF-IDF + logistic-regression model as an ensemble member (``predict_proba`` on rendered texts).
 
-    Saved as ``model.pkl`` (a pickle: load only files you made yourself) + ``detector.json``.
+    Saved without pickle (:class:`~valuelens.detect.baselines.TfidfModel`: JSON + safetensors) with a
+    ``detector.json``.
     """
 
     encoder_name = "tfidf"
 
     def __init__(self, model: Any) -> None:
-        self.model = model
+        from .baselines import TfidfLogReg, TfidfModel
+
+        # A freshly fitted TfidfLogReg is converted at once, so saved and in-memory members predict alike.
+        self.model = TfidfModel.from_pipeline(model.model_, model.thresholds) if isinstance(model, TfidfLogReg) \
+            else model
         self.categories = list(VALUEEVAL_CATEGORIES)
 
     def predict_proba(self, texts: Sequence[str], **_: Any) -> np.ndarray:
-        return np.asarray(self.model.model_.predict_proba(list(texts)), dtype=np.float64)
+        return np.asarray(self.model.predict_proba(list(texts)), dtype=np.float64)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        import pickle
-
-        from ..runio import atomic_write_bytes
-
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / "model.pkl", pickle.dumps(self.model))
-        atomic_write_json(folder / "detector.json", {"format": "valuelens-tfidf/1", "categories": self.categories})
+        self.model.save(folder)
+        atomic_write_json(folder / "detector.json", {"format": "valuelens-tfidf/2", "categories": self.categories})
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> TfidfMember:
-        import pickle
+        from .baselines import TfidfModel
 
-        return cls(pickle.loads((Path(folder) / "model.pkl").read_bytes()))  # a file this class wrote (see docstring)
+        return cls(TfidfModel.load(folder))
 
 
 class EnsembleDetector:
