@@ -713,5 +713,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the HTML (default: RUN_DIR/report.html).")
 def report_cmd(run_dir: Path, out: Path | None) -> None:
-    """Write a self-contained HTML report of a run folder (tables, figures, findings, manifests)."""
+    """Write a self-contained HTML report of a run folder (tables, figures, findings, manifests).
+
+    findings.json is first re-derived from the sections' summary files (it depends on nothing else), so a
+    section rerun alone with `valuelens analyze --section` shows up in the findings too.
+    """
+    if (run_dir / "analyze").is_dir():
+        from .analyze import _findings as derive_findings
+        from .runio import atomic_write_json
+
+        atomic_write_json(run_dir / "findings.json", derive_findings(run_dir))
     click.echo(str(build_report(run_dir, out)))

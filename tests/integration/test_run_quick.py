@@ -153,3 +153,13 @@ def test_crosslingual_section_runs_the_same_conditions_in_every_language(quick_r
     with pytest.raises(ConfigError, match="unknown crosslingual_conditions"):
         run_analyze(run, AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"],
                                              crosslingual_conditions=["vibes"]), lm=smollm2)
+
+
+def test_report_rederives_findings_from_the_section_summaries(quick_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("activations", "responses"))
+    before = json.loads((run / "findings.json").read_text())
+    (run / "findings.json").unlink()
+    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "report", str(run)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((run / "findings.json").read_text()) == before
