@@ -47,6 +47,25 @@ SECTIONS = ("capability", "neurons", "questionnaire", "dose", "steering", "diver
             "crosslingual", "agreement")
 STEER_KINDS = ("intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared")
 
+# The config fields each section's result depends on (directly or through an earlier section: every section
+# that steers depends on the guard's α). A section is reused on a rerun iff the hash of its fields matches, so
+# changing, say, the dose settings does not redo the cross-lingual questionnaire. Every AnalyzeConfig field
+# except `sections` must be claimed here (tested).
+_GUARD = ("alphas", "max_capability_loss", "mc_items", "guard_values", "alpha", "layer", "seed", "batch_size")
+_FREE = ("n_free", "free_max_new_tokens", "gen_bf16")
+SECTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "capability": _GUARD,
+    "neurons": ("layer", "top_k_percent", "angle_deg", "neuron_explain", "batch_size"),
+    "questionnaire": (*_GUARD, "pvq_items_per_value", "top_k_percent", "angle_deg", "neuron_beta"),
+    "dose": (*_GUARD, "dose_alphas", "dose_conditions", "dose_values", "dose_items_per_value"),
+    "steering": (*_GUARD, *_FREE),
+    "diversity": (*_GUARD, *_FREE),
+    "circumplex": ("layer", "seed"),
+    "compliance": (*_GUARD, "n_instructions", "instr_max_new_tokens", "harmful_prompts", "gen_bf16"),
+    "crosslingual": (*_GUARD, "languages", "crosslingual_conditions", "pvq_items_per_value"),
+    "agreement": ("agreement_judges",),
+}
+
 
 @dataclass
 class AnalyzeConfig:
@@ -932,9 +951,11 @@ def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig, *, lm: LoadedModel | No
     summary = json.loads((run / "vectors_summary.json").read_text())
     layer = lm.spec.check_layer(cfg.layer) if cfg.layer is not None else int(summary["layer"])
     ctx = _Ctx(run=run, cfg=cfg, lm=lm, vv=vv, layer=layer, values=values, extract_cfg=ecfg)
-    # Which sections run does not change any section's result: leave it out, so `--section X` reuses the rest.
-    hashed = {k: v for k, v in cfg.to_dict().items() if k != "sections"}
-    cfg_hash = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
+    full = cfg.to_dict()
+
+    def section_hash(name: str) -> str:
+        hashed = {k: full[k] for k in SECTION_FIELDS[name]}
+        return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
     timings: dict[str, float] = {}
     fns = {"capability": _capability, "neurons": _neurons, "questionnaire": _questionnaire, "steering": _steering,
            "diversity": _diversity, "circumplex": _circumplex, "compliance": _compliance,
@@ -945,6 +966,7 @@ def run_analyze(run_dir: str | Path, cfg: AnalyzeConfig, *, lm: LoadedModel | No
         if name not in cfg.sections and name != "capability":
             continue
         spath = run / "analyze" / name / "summary.json"
+        cfg_hash = section_hash(name)
         if spath.exists():
             prev = json.loads(spath.read_text())
             if prev.get("_config_hash") == cfg_hash:

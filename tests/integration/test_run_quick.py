@@ -155,6 +155,17 @@ def test_crosslingual_section_runs_the_same_conditions_in_every_language(quick_r
                                              crosslingual_conditions=["vibes"]), lm=smollm2)
 
 
+def test_changing_one_sections_settings_reruns_only_that_section(quick_run, tmp_path, smollm2):
+    run = tmp_path / "rerun"
+    shutil.copytree(quick_run, run)
+    summaries = {s: (run / f"analyze/{s}/summary.json").read_text() for s in ("capability", "questionnaire", "dose")}
+    run_analyze(run, AnalyzeConfig.quick(dose_alphas=[0.05, 0.2], sections=["questionnaire", "dose"]), lm=smollm2)
+    for s in ("capability", "questionnaire"):
+        assert (run / f"analyze/{s}/summary.json").read_text() == summaries[s], f"{s} was recomputed"
+    dose = json.loads((run / "analyze/dose/summary.json").read_text())
+    assert dose["alphas"] == [0.05, 0.2] and json.loads(summaries["dose"])["alphas"] == [0.05, 0.4]
+
+
 def test_report_rederives_findings_from_the_section_summaries(quick_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("activations", "responses"))
