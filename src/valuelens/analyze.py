@@ -79,7 +79,7 @@ class AnalyzeConfig:
     angle_deg: float = 30.0
     neuron_beta: float = 4.0  # scale factor for value-neuron sets (β>1 amplifies)
     neuron_explain: int = 3  # neurons explained per value (top shared at the layer)
-    pvq_items_per_value: int = 6
+    pvq_items_per_value: int = 3  # of the 6 shipped per value; 3 keeps `valuelens run` within 30 minutes
     n_free: int = 6  # free-form queries per value and condition
     free_max_new_tokens: int = 48
     n_instructions: int = 24

@@ -81,6 +81,10 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
             ex["judge"] = "detector"
             ex["judge_options"] = {**ex.get("judge_options", {}), "model": str(det)}
             timings["detector"] = round(time.time() - t, 1)
+        # Rank labels by default: the detector, trained on arguments, labels some values on (almost) every chat
+        # answer (e.g. 240/240 Universalism, 234/240 Benevolence on SmolLM2 with its tuned thresholds), which
+        # leaves no "non-expressing" side. `label_mode: judge` (the paper's definition) is one override away.
+        ex.setdefault("label_mode", "rank")
         ecfg = ExtractConfig.from_dict(ex)
         acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
     lm = load_model(ecfg.model)
