@@ -722,5 +722,10 @@ def report_cmd(run_dir: Path, out: Path | None) -> None:
         from .analyze import _findings as derive_findings
         from .runio import atomic_write_json
 
-        atomic_write_json(run_dir / "findings.json", derive_findings(run_dir))
+        try:
+            findings = derive_findings(run_dir)
+        except (ValueError, KeyError, TypeError) as exc:  # a damaged summary: keep the old findings, say so
+            click.echo(f"valuelens: findings.json kept as it was (could not re-derive it: {exc})", err=True)
+        else:
+            atomic_write_json(run_dir / "findings.json", findings)
     click.echo(str(build_report(run_dir, out)))
