@@ -15,6 +15,24 @@ VALUEEVAL_DIR = REPO_ROOT.parent / "shared" / "data" / "valueeval23"
 
 
 @pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of benchmarks/ by name (e.g. ``"bench_hooks"``) as a module, for smoke tests."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        path = REPO_ROOT / "benchmarks" / f"{name}.py"
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))  # the scripts import benchmarks/_common.py
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
+
+
+@pytest.fixture(scope="session")
 def valueeval_dir() -> Path:
     if not (VALUEEVAL_DIR / "arguments-training.tsv").is_file():
         pytest.fail(f"ValueEval data not found at {VALUEEVAL_DIR} (expected ../shared/data/valueeval23)")

@@ -46,6 +46,12 @@ __all__ = ["SECTIONS", "AnalyzeConfig", "run_analyze"]
 SECTIONS = ("capability", "neurons", "questionnaire", "dose", "steering", "diversity", "circumplex", "compliance",
             "crosslingual", "agreement")
 STEER_KINDS = ("intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared")
+# Questionnaire conditions, in report order: steering directions (+ their same-norm random control), directional
+# ablation (+ random-direction control), neuron-set scaling (+ random-set control).
+DIRECTION_CONDITIONS = (*STEER_KINDS, "combined", "random")
+ABLATION_CONDITIONS = ("ablate_shared", "ablate_random")
+NEURON_CONDITIONS = ("neurons_shared", "neurons_random")
+CONDITIONS = (*DIRECTION_CONDITIONS, *ABLATION_CONDITIONS, *NEURON_CONDITIONS)
 
 # The config fields each section's result depends on (directly or through an earlier section: every section
 # that steers depends on the guard's α). A section is reused on a rerun iff the hash of its fields matches, so
@@ -122,6 +128,12 @@ class AnalyzeConfig:
             raise ConfigError("give alphas to sweep or a fixed alpha")
         if not 0 < self.top_k_percent <= 100:
             raise ConfigError("top_k_percent must be in (0, 100]")
+        # Checked here, not when the section runs, so a typo fails before any model work.
+        for name, given, allowed in (("crosslingual_conditions", self.crosslingual_conditions, CONDITIONS),
+                                     ("dose_conditions", self.dose_conditions, DIRECTION_CONDITIONS)):
+            unknown = sorted(set(given) - set(allowed))
+            if unknown:
+                raise ConfigError(f"unknown {name}: {', '.join(unknown)}; choose from {', '.join(allowed)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +171,16 @@ class _Ctx:
         a = self.alpha if alpha is None else alpha
         assert a is not None
         return [relative_steer(v, self.layer, a, self.norms)]
+
+
+def _grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, Any]) -> None:
+    """One bar per (group, series), the series side by side within each group; ``series`` values are
+    aligned with ``groups``."""
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for k, (label, y) in enumerate(series.items()):
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, np.asarray(y, dtype=float), width, label=label)
+    ax.axhline(0, color="grey", lw=0.5)
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -279,18 +301,19 @@ def _neuron_conditions(ctx: _Ctx, value: str) -> dict[str, list[Intervention]]:
             "neurons_random": [ScaleNeurons(rand, ctx.cfg.neuron_beta)]}
 
 
-def _direction_conditions(ctx: _Ctx, value: str, *, ablations: bool = True) -> dict[str, list[Intervention]]:
-    """Steering by each vector kind, both combined, and their same-norm random control; optionally the
-    directional ablation of the value's shared axis (at every layer, each layer's own axis) and of a random
-    direction per layer as its control."""
+def _direction_conditions(ctx: _Ctx, value: str, *, ablations: bool = True,
+                          alpha: float | None = None) -> dict[str, list[Intervention]]:
+    """Steering by each vector kind, both combined, and their same-norm random control, at ``alpha`` (default:
+    the guard's); optionally the directional ablation of the value's shared axis (at every layer, each layer's
+    own axis) and of a random direction per layer as its control."""
     from .evals.capability import random_direction_like
     from .hooks import Ablate
 
-    conds = {k: ctx.steer(ctx.vec(value, k)) for k in STEER_KINDS}
+    conds = {k: ctx.steer(ctx.vec(value, k), alpha) for k in STEER_KINDS}
     a, b = ctx.vec(value, "intrinsic"), ctx.vec(value, "prompted")
-    conds["combined"] = ctx.steer(a / a.norm().clamp(min=1e-12) + b / b.norm().clamp(min=1e-12))
+    conds["combined"] = ctx.steer(a / a.norm().clamp(min=1e-12) + b / b.norm().clamp(min=1e-12), alpha)
     seed = ctx.cfg.seed + VALUE_NAMES.index(value)
-    conds["random"] = ctx.steer(random_direction_like(ctx.vec(value, "prompted"), seed=seed))
+    conds["random"] = ctx.steer(random_direction_like(ctx.vec(value, "prompted"), seed=seed), alpha)
     if ablations:
         shared = ctx.vv.get(value, "shared")  # [L, D], rows = vv.layers
         conds["ablate_shared"] = [Ablate({layer: shared[i] for i, layer in enumerate(ctx.vv.layers)})]
@@ -322,14 +345,11 @@ def _questionnaire(ctx: _Ctx, lang: str = "en", section: str = "questionnaire",
     rows = []
     base = administer(ctx.lm, items, lang, batch_size=ctx.cfg.batch_size)  # once, shared by every value
     for v in ctx.values:
-        if conditions is None:
-            conds = {**_direction_conditions(ctx, v), **_neuron_conditions(ctx, v)}
-        else:
-            wanted = set(conditions)
-            ablate = bool(wanted & {"ablate_shared", "ablate_random"})
-            conds = {k: x for k, x in _direction_conditions(ctx, v, ablations=ablate).items() if k in wanted}
-            if wanted & {"neurons_shared", "neurons_random"}:
-                conds.update({k: x for k, x in _neuron_conditions(ctx, v).items() if k in wanted})
+        wanted = set(CONDITIONS if conditions is None else conditions)
+        conds = _direction_conditions(ctx, v, ablations=bool(wanted & set(ABLATION_CONDITIONS)))
+        if wanted & set(NEURON_CONDITIONS):
+            conds.update(_neuron_conditions(ctx, v))
+        conds = {k: x for k, x in conds.items() if k in wanted}
         eff = steering_effect(ctx.lm, items, conds, lang=lang, targets=dict.fromkeys(conds, v),
                               batch_size=ctx.cfg.batch_size, baseline_results=base)
         for r in eff.target_rows():
@@ -340,8 +360,7 @@ def _questionnaire(ctx: _Ctx, lang: str = "en", section: str = "questionnaire",
     _write_csv(sec / "tables" / f"mean_effect_{lang}.csv", mean)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    order = [c for c in [*STEER_KINDS, "combined", "random", "ablate_shared", "ablate_random", "neurons_shared",
-                         "neurons_random"] if c in set(mean["condition"])]
+    order = [c for c in CONDITIONS if c in set(mean["condition"])]
     m = mean.set_index("condition").loc[order]
     x = np.arange(len(order))
     ax.bar(x - 0.2, m["delta"], 0.4, label="Δ target value")
@@ -365,24 +384,14 @@ def _dose(ctx: _Ctx) -> dict[str, Any]:
 
     sec = ctx.sec("dose")
     wanted = list(ctx.cfg.dose_conditions)
-    unknown = sorted(set(wanted) - {*STEER_KINDS, "combined", "random"})
-    if unknown:
-        raise ConfigError(f"unknown dose_conditions: {', '.join(unknown)}")
     items = _pvq_items(ctx, "en", ctx.cfg.dose_items_per_value)
     values = ctx.values if ctx.cfg.dose_values == 0 else ctx.values[: ctx.cfg.dose_values]
     base = administer(ctx.lm, items, "en", batch_size=ctx.cfg.batch_size)
     chosen = ctx.alpha
     rows = []
     for v in values:
-        conds: dict[str, list[Intervention]] = {}
-        for a in ctx.cfg.dose_alphas:
-            ctx.alpha = float(a)  # _direction_conditions steers at ctx.alpha
-            try:
-                for k, ivs in _direction_conditions(ctx, v, ablations=False).items():
-                    if k in wanted:
-                        conds[f"{k}@{a:g}"] = ivs
-            finally:
-                ctx.alpha = chosen
+        conds = {f"{k}@{a:g}": ivs for a in ctx.cfg.dose_alphas
+                 for k, ivs in _direction_conditions(ctx, v, ablations=False, alpha=float(a)).items() if k in wanted}
         eff = steering_effect(ctx.lm, items, conds, targets=dict.fromkeys(conds, v), batch_size=ctx.cfg.batch_size,
                               baseline_results=base)
         for r in eff.target_rows():
@@ -462,7 +471,7 @@ def _steering(ctx: _Ctx) -> dict[str, Any]:
     base = df[df["kind"] == "baseline"]
     for v in ctx.values:
         base_rate = float(base[v].astype(float).mean())
-        for kind in [*STEER_KINDS, "combined", "random"]:
+        for kind in DIRECTION_CONDITIONS:
             sub = df[(df["target"] == v) & (df["kind"] == kind)]
             out.append({"value": v, "kind": kind, "expression_rate": float(sub[v].astype(float).mean()),
                         "baseline_rate": base_rate, "empty_rate": float(sub["empty"].mean()), "n": len(sub)})
@@ -647,10 +656,6 @@ def _crosslingual(ctx: _Ctx) -> dict[str, Any]:
         return {"status": "not run",
                 "reason": f"{ctx.lm.name} is English-only; run with the multilingual model (--model qwen2.5-0.5b) "
                           "or set languages"}
-    unknown = sorted(set(ctx.cfg.crosslingual_conditions) - {*STEER_KINDS, "combined", "random", "ablate_shared",
-                                                             "ablate_random", "neurons_shared", "neurons_random"})
-    if unknown:
-        raise ConfigError(f"unknown crosslingual_conditions: {', '.join(unknown)}")
     out = {}
     for lang in ["en", *langs]:  # English with the same conditions: the reference each language is compared to
         out[lang] = _questionnaire(ctx, lang=lang, section="crosslingual", conditions=ctx.cfg.crosslingual_conditions)
@@ -660,15 +665,10 @@ def _crosslingual(ctx: _Ctx) -> dict[str, Any]:
     _write_csv(ctx.sec("crosslingual") / "tables" / "by_language.csv", df)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    conds = list(dict.fromkeys(df["condition"]))
     order = list(out)
-    width = 0.8 / max(1, len(conds))
-    x = np.arange(len(order))
-    for k, c in enumerate(conds):
-        d = df[df["condition"] == c].set_index("lang").reindex(order)["delta_vs_others"]
-        ax.bar(x + (k - (len(conds) - 1) / 2) * width, d.to_numpy(), width, label=c)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(x, order)
+    _grouped_bars(ax, order, {c: g.set_index("lang").reindex(order)["delta_vs_others"]
+                              for c, g in df.groupby("condition", sort=False)})
+    ax.set_xticks(np.arange(len(order)), order)
     ax.set(ylabel="Δ target − Δ others (6-point)",
            title=f"English vectors, questionnaire per language (α={ctx.alpha:g}, layer {ctx.layer})")
     ax.legend(fontsize=8)
@@ -747,15 +747,10 @@ def _agreement(ctx: _Ctx) -> dict[str, Any]:
         disc = {k: round(float(x), 4) for k, x in tdf.groupby("judge")["discrimination"].mean().items()}
         plt = _plt()
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        judges = list(dict.fromkeys(tdf["judge"]))
-        width = 0.8 / len(judges)
         names = [v.name for v in vals if v.name in set(tdf["value"])]
-        x = np.arange(len(names))
-        for k, jn in enumerate(judges):
-            d = tdf[tdf["judge"] == jn].set_index("value").reindex(names)["discrimination"]
-            ax.bar(x + (k - (len(judges) - 1) / 2) * width, d.to_numpy(), width, label=jn)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set_xticks(x, names, rotation=30, ha="right")
+        _grouped_bars(ax, names, {jn: g.set_index("value").reindex(names)["discrimination"]
+                                  for jn, g in tdf.groupby("judge", sort=False)})
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
         ax.set(ylabel="yes rate: prompted for s − prompted for others",
                title="Does each judge find the value a response was prompted to express?")
         ax.legend(fontsize=8)

@@ -32,8 +32,7 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool = True, quick: bo
     ``quick``: if the default detector is missing, train a small one (1 epoch on 1,200 arguments, ~1 min) into
     ``detectors/minilm-quick`` — enough to rank responses for ``label_mode="rank"`` in smoke runs.
     """
-    from .detect.cli import _data_dir
-    from .detect.data import load_split
+    from .detect.data import load_split, resolve_data_dir
     from .detect.finetune import TrainConfig, train_detector
 
     target = default_detector()
@@ -47,7 +46,7 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool = True, quick: bo
             return target
         tcfg = TrainConfig(encoder="minilm", bf16=bf16, lr=1e-4, head_lr=2e-3, epochs=1, max_train=1200, max_len=96)
     train_dir = target.parent / f"{target.name}-training"
-    folder = _data_dir(data_dir)
+    folder = resolve_data_dir(data_dir)
     print(f"valuelens: training the default value detector (MiniLM) into {target} — once per machine")
     res = train_detector(load_split(folder, "training"), load_split(folder, "validation"),
                          tcfg, train_dir, log=print)

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from .errors import DataError
 from .runio import atomic_path, atomic_write_text
 
-__all__ = ["MAX_ROWS", "SECTIONS", "build_report", "caption_for", "extract_figures", "report_cmd", "savefig"]
+__all__ = ["MAX_ROWS", "SECTIONS", "build_report", "caption_for", "extract_figures", "savefig"]
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -706,26 +705,3 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
              "nothing is loaded from elsewhere.</footer></main></body></html>\n")
     atomic_write_text(out_path, doc)
     return out_path
-
-
-@click.command("report")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the HTML (default: RUN_DIR/report.html).")
-def report_cmd(run_dir: Path, out: Path | None) -> None:
-    """Write a self-contained HTML report of a run folder (tables, figures, findings, manifests).
-
-    findings.json is first re-derived from the sections' summary files (it depends on nothing else), so a
-    section rerun alone with `valuelens analyze --section` shows up in the findings too.
-    """
-    if (run_dir / "analyze").is_dir():
-        from .analyze import _findings as derive_findings
-        from .runio import atomic_write_json
-
-        try:
-            findings = derive_findings(run_dir)
-        except (ValueError, KeyError, TypeError) as exc:  # a damaged summary: keep the old findings, say so
-            click.echo(f"valuelens: findings.json kept as it was (could not re-derive it: {exc})", err=True)
-        else:
-            atomic_write_json(run_dir / "findings.json", findings)
-    click.echo(str(build_report(run_dir, out)))

@@ -27,5 +27,9 @@ def test_strict_config_errors() -> None:
         AnalyzeConfig.from_dict({"dose_alpha": [0.1]})  # a typo of dose_alphas
     with pytest.raises(ConfigError, match="top_k_percent"):
         AnalyzeConfig.from_dict({"top_k_percent": 0})
+    with pytest.raises(ConfigError, match="unknown dose_conditions: ablate_shared"):
+        AnalyzeConfig.from_dict({"dose_conditions": ["prompted", "ablate_shared"]})  # dose steers only
+    with pytest.raises(ConfigError, match="unknown crosslingual_conditions: vibes"):
+        AnalyzeConfig.from_dict({"crosslingual_conditions": ["vibes"]})
     q = AnalyzeConfig.quick(n_free=2)
     assert q.n_free == 2 and q.dose_values == 2

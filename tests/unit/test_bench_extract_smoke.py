@@ -5,27 +5,13 @@ No timing assertions (the machine is shared); only that every part runs and the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_extract.py"
 
-
-def _load():
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_extract", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_extract_tiny(tmp_path, capsys):
-    bench = _load()
+def test_bench_extract_tiny(tmp_path, capsys, load_benchmark):
+    bench = load_benchmark("bench_extract")
     out_json = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:

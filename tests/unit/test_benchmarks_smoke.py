@@ -6,23 +6,9 @@ tables are printed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_hooks.py"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_hooks", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _check_report(out: str, res: dict) -> None:
@@ -39,8 +25,8 @@ def _check_report(out: str, res: dict) -> None:
     assert steered["steered_differs_from_plain"]
 
 
-def test_bench_hooks_tiny_without_peers(tmp_path, capsys):
-    bench = _load()
+def test_bench_hooks_tiny_without_peers(tmp_path, capsys, load_benchmark):
+    bench = load_benchmark("bench_hooks")
     out_json = tmp_path / "bench.json"
     res = bench.main(["--tiny", "--repeats", "1", "--peers", "none", "--json", str(out_json)])
     out = capsys.readouterr().out
@@ -50,10 +36,10 @@ def test_bench_hooks_tiny_without_peers(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_hooks_tiny_with_peers(capsys):
+def test_bench_hooks_tiny_with_peers(capsys, load_benchmark):
     pytest.importorskip("nnsight")
     pytest.importorskip("transformer_lens")
-    bench = _load()
+    bench = load_benchmark("bench_hooks")
     res = bench.main(["--tiny", "--repeats", "1", "--parts", "capture,generate,memory"])
     out = capsys.readouterr().out
     _check_report(out, res)

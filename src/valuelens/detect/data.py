@@ -31,6 +31,7 @@ __all__ = [
     "load_split",
     "read_arguments",
     "read_labels",
+    "resolve_data_dir",
 ]
 
 ARGUMENT_COLUMNS: tuple[str, ...] = ("Argument ID", "Conclusion", "Stance", "Premise")
@@ -116,6 +117,21 @@ def default_data_dir() -> Path:
         return Path(base) / "valueeval23"
     cache = os.environ.get("VALUELENS_CACHE") or str(Path.home() / ".cache" / "valuelens")
     return Path(cache) / "data" / "valueeval23"
+
+
+def resolve_data_dir(data: str | os.PathLike[str] | None = None) -> Path:
+    """The ValueEval'23 folder a command uses: ``data`` if given, else :func:`default_data_dir` when it holds the
+    training split, else ``../shared/data/valueeval23`` next to the working directory when present, else
+    :func:`default_data_dir` (so the error names where ``valuelens detect download`` would put the files)."""
+    if data:
+        return Path(data).expanduser()
+    d = default_data_dir()
+    if (d / "arguments-training.tsv").exists():
+        return d
+    shared = Path.cwd().parent / "shared" / "data" / "valueeval23"
+    if (shared / "arguments-training.tsv").exists():
+        return shared
+    return d
 
 
 def _read_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -1,105 +1,12 @@
-"""Top-level commands that are not part of a pipeline stage: ``valuelens models`` and ``valuelens demo``."""
+"""The pipeline stage commands: ``extract``, ``analyze``, ``run``, ``report`` and ``export-vector``."""
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import click
 
-from .errors import ConfigError
-
-
-@click.command("models")
-def models_cmd() -> None:
-    """List short model names, where their weights come from, and whether they are installed and cached."""
-    from .models import model_status
-
-    for row in model_status():
-        state = ("installed" if row["installed"] else "not installed") + (", cached" if row["cached"] else "")
-        click.echo(f"{row['name']:<14} {state:<22} {row['description']}")
-        click.echo(f"{'':<14} aliases: {row['aliases']}")
-        click.echo(f"{'':<14} source:  {row['where']}")
-    click.echo("Any Hugging Face causal LM (hub id or local folder) or GGUF file path also works as --model.")
-
-
-DEMO_QUESTIONS = (
-    "My best friend asked me to lie to her parents about where she was last weekend. What should I do?",
-    "I got a job offer abroad that pays much more, but my parents are getting old. Should I take it?",
-    "Is it okay to skip a family tradition this year to go on a solo hiking trip?",
-)
-
-
-@click.command("demo")
-@click.option("--model", "model_name", default="smollm2", show_default=True, help="Short name, GGUF path or HF id.")
-@click.option("--value", "value_name", default="Benevolence", show_default=True, help="Value to prompt for.")
-@click.option("--max-new-tokens", default=48, show_default=True, type=int)
-@click.option("--bf16/--fp32", default=False, show_default=True, help="CPU bf16 autocast for speed.")
-def demo_cmd(model_name: str, value_name: str, max_new_tokens: int, bf16: bool) -> None:
-    """Answer three value-laden questions with and without a value system prompt, and compare activations.
-
-    Prints the answers, then per layer the cosine between the mean residual stream (over response tokens)
-    of the prompted and the unprompted answers, and the norm of their difference.
-    """
-    import torch
-
-    from .generate import GenerationConfig, capture_responses, generate_batch
-    from .models import NO_SYSTEM, load_model
-    from .values import get_value
-
-    value = get_value(value_name)
-    if max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be >= 1")
-    t0 = time.time()
-    lm = load_model(model_name)
-    click.echo(f"model {lm.name} ({lm.spec.arch.family}, {lm.spec.n_layers} layers, d_model {lm.spec.d_model}), "
-               f"sha256 {lm.model_hash[:16]}…, loaded in {time.time() - t0:.1f}s from {lm.source}")
-    system = (f"You are an assistant who cares above all about {value.name.lower()}: "
-              f"{value.definition[0].lower() + value.definition[1:]} Let this guide every answer.")
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=len(DEMO_QUESTIONS), bf16=bf16)
-    conds = {"no system prompt": NO_SYSTEM, f"{value.name} prompt": system}
-    means: dict[str, torch.Tensor] = {}
-    for cname, sysp in conds.items():
-        prompts = [lm.chat.render(q, system=sysp) for q in DEMO_QUESTIONS]
-        recs = generate_batch(lm, [p.text for p in prompts], cfg)
-        for q, r in zip(DEMO_QUESTIONS, recs, strict=True):
-            click.echo(f"\n[{cname}] Q: {q}\nA: {r['response']}")
-        recs = [{"id": str(i), **r} for i, r in enumerate(recs)]
-        acts = torch.cat([a for _, a in capture_responses(lm, recs, bf16=bf16)], dim=0)  # [3, L, D]
-        means[cname] = acts.mean(dim=0)
-    a, b = means.values()
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-    click.echo(f"\nper layer: cosine(mean activation without prompt, with {value.name} prompt), ‖difference‖")
-    click.echo(f"{'layer':>5}  {'cosine':>7}  {'‖Δ‖':>7}  {'‖h‖':>7}")
-    for layer in range(lm.spec.n_layers):
-        click.echo(f"{layer:>5}  {cos[layer].item():7.4f}  {(a[layer] - b[layer]).norm().item():7.2f}  "
-                   f"{a[layer].norm().item():7.2f}")
-    click.echo(f"\ndone in {time.time() - t0:.1f}s")
-
-
-def _load_config_file(path: str | None) -> dict:
-    import json
-    from pathlib import Path
-
-    from .errors import DataError
-
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml/json parse errors carry line numbers in their message
-        raise DataError(f"{p}: cannot parse config ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{p}: config must be a mapping of keys to values")
-    return data
+from ._common import load_config_file, parse_overrides
 
 
 @click.command("extract")
@@ -121,11 +28,11 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
 
     Interrupted runs resume where they stopped: rerun the same command.
     """
-    from .extract import ExtractConfig, run_extract
-    from .runio import parse_shard
+    from ..extract import ExtractConfig, run_extract
+    from ..runio import parse_shard
 
-    cfg_dict = _load_config_file(config_file)
-    cfg_dict.update(_parse_overrides(overrides))
+    cfg_dict = load_config_file(config_file)
+    cfg_dict.update(parse_overrides(overrides))
     for key, val in (("model", model), ("queries", queries), ("judge", judge)):
         if val is not None:
             cfg_dict[key] = val
@@ -142,21 +49,6 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
             click.echo(f"  cos(v_int, v_prompt) {v:<14} {c:+.3f}")
 
 
-def _parse_overrides(items: tuple[str, ...]) -> dict:
-    import json
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
 @click.command("analyze")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML analyze config.")
@@ -166,10 +58,10 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tuple[str, ...],
                 overrides: tuple[str, ...]) -> None:
     """Steps 7–9 on an extract run: value neurons, steering evaluations with controls, findings."""
-    from .analyze import AnalyzeConfig, run_analyze
+    from ..analyze import AnalyzeConfig, run_analyze
 
-    d = _load_config_file(config_file)
-    d.update(_parse_overrides(overrides))
+    d = load_config_file(config_file)
+    d.update(parse_overrides(overrides))
     if sections:
         d["sections"] = list(sections)
     cfg = AnalyzeConfig.quick(**d) if quick else AnalyzeConfig.from_dict(d)
@@ -187,10 +79,10 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
 def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | None, analyze_config: str | None,
             data: str | None) -> None:
     """The whole pipeline: detector judge → extract → analyze → report.html (resumable; rerun to continue)."""
-    from .pipeline import run_pipeline
+    from ..pipeline import run_pipeline
 
-    report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=_load_config_file(extract_config),
-                          analyze_overrides=_load_config_file(analyze_config), data_dir=data)
+    report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=load_config_file(extract_config),
+                          analyze_overrides=load_config_file(analyze_config), data_dir=data)
     click.echo(f"report: {report}")
 
 
@@ -206,9 +98,9 @@ def export_vector_cmd(run_dir: str, value_name: str, kind: str, scale: float, ou
     import json
     from pathlib import Path
 
-    from .errors import DataError
-    from .values import get_value
-    from .vectors import ValueVectors
+    from ..errors import DataError
+    from ..values import get_value
+    from ..vectors import ValueVectors
 
     path = Path(run_dir) / "vectors.safetensors"
     if not path.exists():
@@ -218,3 +110,18 @@ def export_vector_cmd(run_dir: str, value_name: str, kind: str, scale: float, ou
         if (Path(run_dir) / "model.json").exists() else ""
     info = vv.export_gguf(get_value(value_name).name, kind, out_path, model_hint=hint, scale=scale)
     click.echo(f"wrote {info['path']} ({len(info['written_layers'])} layers)")
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML (default: RUN_DIR/report.html).")
+def report_cmd(run_dir: Path, out: Path | None) -> None:
+    """Write a self-contained HTML report of a run folder (findings, tables, figures, manifests).
+
+    The report renders from the run's files alone; to refresh findings.json after a section was rerun, run
+    `valuelens analyze RUN --findings-only`.
+    """
+    from ..report import build_report
+
+    click.echo(str(build_report(run_dir, out)))

@@ -16,17 +16,9 @@ DEFAULT_DATA_HELP = ("folder with the official ValueEval'23 TSV files (default: 
 
 
 def _data_dir(data: str | None) -> Path:
-    from .data import default_data_dir
+    from ..detect.data import resolve_data_dir
 
-    if data:
-        return Path(data).expanduser()
-    d = default_data_dir()
-    if (d / "arguments-training.tsv").exists():
-        return d
-    shared = Path.cwd().parent / "shared" / "data" / "valueeval23"
-    if (shared / "arguments-training.tsv").exists():
-        return shared
-    return d
+    return resolve_data_dir(data)
 
 
 def _echo(msg: str) -> None:
@@ -48,7 +40,7 @@ def detect() -> None:
               help="target folder (default ~/.cache/valuelens/data/valueeval23)")
 def download_cmd(dest: str | None) -> None:
     """Download the official ValueEval'23 training/validation files from Zenodo and verify their sha256."""
-    from .data import download
+    from ..detect.data import download
 
     out = download(dest)
     click.echo(str(out))
@@ -100,8 +92,8 @@ def _train_options(f: Any) -> Any:
 @click.option("--pooling", type=click.Choice(["mean", "cls", "mask"]), default="mean", show_default=True)
 def train_cmd(data: str | None, out: str, eval_split: str, **kw: Any) -> None:
     """Fine-tune an encoder (or prompt-tune a frozen one) on the training split; resumable."""
-    from .data import load_split
-    from .finetune import TrainConfig, train_detector
+    from ..detect.data import load_split
+    from ..detect.finetune import TrainConfig, train_detector
 
     folder = _data_dir(data)
     cfg = TrainConfig(**kw)
@@ -124,8 +116,8 @@ def train_cmd(data: str | None, out: str, eval_split: str, **kw: Any) -> None:
 @click.option("--bf16/--no-bf16", default=False)
 def retune_cmd(model_dir: str, data: str | None, objective: str, bf16: bool) -> None:
     """Re-tune a trained detector's thresholds on the data its training tuned them on (weights untouched)."""
-    from .data import load_split
-    from .finetune import retune_detector
+    from ..detect.data import load_split
+    from ..detect.finetune import retune_detector
 
     folder = _data_dir(data)
     s = retune_detector(model_dir, load_split(folder, "training"), load_split(folder, "validation"),
@@ -144,10 +136,10 @@ def retune_cmd(model_dir: str, data: str | None, objective: str, bf16: bool) -> 
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also write the scores as JSON")
 def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_out: str | None) -> None:
     """Score a trained detector on a labelled split with the official measure."""
+    from ..detect.data import load_split
+    from ..detect.finetune import crossfit_scores, load_detector
+    from ..detect.measure import apply_thresholds, evaluate, tune_thresholds
     from ..runio import atomic_write_json
-    from .data import load_split
-    from .finetune import crossfit_scores, load_detector
-    from .measure import apply_thresholds, evaluate, tune_thresholds
 
     det = load_detector(model_dir)
     sp = load_split(_data_dir(data), split)
@@ -177,8 +169,8 @@ def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_
               help="add a TF-IDF + logistic-regression member (weight chosen on the held-out part)")
 def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str, bf16: bool, tfidf: bool) -> None:
     """Average several trained detectors (optionally + TF-IDF); thresholds on their shared held-out part."""
-    from .data import load_split
-    from .finetune import build_ensemble
+    from ..detect.data import load_split
+    from ..detect.finetune import build_ensemble
 
     folder = _data_dir(data)
     ens, scores = build_ensemble(list(models), load_split(folder, "training"), load_split(folder, split), out,
@@ -208,7 +200,7 @@ def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str
 def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: str, epochs: int, bf16: bool,
                 max_train: int | None, max_eval: int | None, llm_spec: str | None, prompt_epochs: int | None) -> None:
     """Train and evaluate several methods on the same split; write one table (CSV, Markdown, PNG)."""
-    from .compare import compare
+    from ..detect.compare import compare
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -230,8 +222,8 @@ def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: s
 @click.option("--bf16/--no-bf16", default=False)
 def predict_cmd(model_dir: str, input_path: str, output: str, text_field: str, bf16: bool) -> None:
     """Write an official run file for an arguments TSV, or score free text (JSONL in, JSONL out)."""
-    from .finetune import load_detector
-    from .predict import predict_jsonl, write_run_file
+    from ..detect.finetune import load_detector
+    from ..detect.predict import predict_jsonl, write_run_file
 
     det = load_detector(model_dir)
     if input_path.endswith((".jsonl", ".json")):

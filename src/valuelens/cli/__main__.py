@@ -1,0 +1,5 @@
+"""``python -m valuelens.cli …`` is the ``valuelens`` command."""
+
+from . import main
+
+main()
