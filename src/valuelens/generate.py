@@ -6,6 +6,16 @@ partly written (the process died mid-write) is dropped and regenerated whole, so
 exactly once and a resumed run equals an uninterrupted one (each batch's sampling seed depends only on the
 run seed and the batch's index).
 
+Batches are a plan over the *whole* item list (:func:`plan_batches`): item order, or sorted by prompt length
+(``sort_by_length``: less left padding, so fewer wasted token positions per batch). A worker may generate any
+subset of the plan's batches (``batches=``, how ``--shard`` and Ray split the work), and because composition
+and seeds come from the plan, the union of the shards' records equals a single process's records.
+
+Out of memory: a batch that raises ``torch.OutOfMemoryError`` is retried in halves (and the smaller size is
+kept for the rest of the run); its records are still written together, once, so nothing is lost or duplicated.
+A halved batch samples with seeds derived from its batch seed and the half's position, and its records say
+so (``oom_split``: the size it ran at); batches that fit are generated exactly as before.
+
 >>> from valuelens.generate import GenerationConfig
 >>> GenerationConfig(max_new_tokens=32).do_sample
 False
@@ -13,7 +23,6 @@ False
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,12 +32,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .hooks import Intervention, apply_interventions, forward_capture
-from .models import LoadedModel, RenderedPrompt
+from .models import LoadedModel, RenderedPrompt, autocast
 from .runio import JsonlWriter, atomic_write_text, read_jsonl
 
-__all__ = ["GenItem", "GenerationConfig", "capture_responses", "generate_batch", "generate_to_file"]
+__all__ = ["GenItem", "GenerationConfig", "capture_responses", "generate_batch", "generate_to_file",
+           "is_oom", "plan_batches"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class GenerationConfig:
     seed: int = 0
     batch_size: int = 8
     bf16: bool = False
+    sort_by_length: bool = False  # batch prompts of similar token length together (less padding)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -85,6 +96,8 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
     """Generate for one batch of rendered prompt texts; returns per-item text, token ids and finish reason."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    dev = lm.device
+    inputs = {k: v.to(dev) for k, v in enc.items()}
     stop = _stop_ids(lm)
     kwargs: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                   eos_token_id=stop, pad_token_id=tok.pad_token_id,
@@ -93,12 +106,13 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
-    with torch.random.fork_rng(), torch.no_grad(), autocast, \
-            apply_interventions(lm.model, interventions, spec=lm.spec):
+    # Fork every CUDA device's generator (a model spread over GPUs samples on the last one); none on a CPU.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), \
+            autocast(dev, cfg.bf16), apply_interventions(lm.model, interventions, spec=lm.spec):
         torch.manual_seed(cfg.seed if seed is None else seed)
-        out = lm.model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:]
+        out = lm.model.generate(**inputs, **kwargs)
+    new = out[:, enc["input_ids"].shape[1]:].cpu()
     results = []
     for row, p_ids, p_mask in zip(new.tolist(), enc["input_ids"], enc["attention_mask"], strict=True):
         ids: list[int] = []
@@ -114,40 +128,116 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
     return results
 
 
-def _batches(items: Sequence[GenItem], size: int) -> list[list[GenItem]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+def plan_batches(lm: LoadedModel, items: Sequence[GenItem], cfg: GenerationConfig) -> list[list[GenItem]]:
+    """The batches of a generation run over ``items``: consecutive items, or with ``cfg.sort_by_length``
+    items sorted by prompt token count (ties in item order). Depends only on the items and the config."""
+    if not cfg.sort_by_length:
+        return [list(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
+    lengths = [len(x) for x in lm.tokenizer([it.prompt.text for it in items], add_special_tokens=False).input_ids]
+    order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
+    return [[items[i] for i in order[s:s + cfg.batch_size]] for s in range(0, len(order), cfg.batch_size)]
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of device memory: CUDA's ``torch.OutOfMemoryError``, or MPS's RuntimeError that says so."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+def _sub_seed(seed: int, start: int, size: int) -> int:
+    """Seed of the part ``[start, start + size)`` of a batch that ran out of memory (deterministic)."""
+    return (seed * 1_000_033 + start * 7_919 + size) % (2 ** 63 - 1)
+
+
+class _Adaptive:
+    """The largest batch that has fit so far; halved on every out-of-memory error and kept for the run."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _generate_adaptive(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig, seed: int,
+                       interventions: Sequence[Intervention], limit: _Adaptive) -> list[dict[str, Any]]:
+    """Generate one planned batch, in parts of at most ``limit.size`` prompts, halving on out-of-memory."""
+    results: list[dict[str, Any]] = []
+    start = 0
+    while start < len(prompts):
+        size = min(limit.size, len(prompts) - start)
+        whole = size == len(prompts)
+        try:
+            res = generate_batch(lm, prompts[start:start + size], cfg, interventions=interventions,
+                                 seed=seed if whole else _sub_seed(seed, start, size))
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_oom(exc):
+                raise
+            _free_device_memory()
+            if size == 1:
+                raise ModelError(f"out of memory generating one prompt on {lm.device} (max_new_tokens "
+                                 f"{cfg.max_new_tokens}); lower max_new_tokens or spread the model with "
+                                 "--device-map auto") from None
+            limit.size = size // 2
+            print(f"valuelens: out of memory at batch size {size} on {lm.device}; continuing with {limit.size}")
+            continue
+        if not whole:
+            for r in res:
+                r["oom_split"] = size
+        results.extend(res)
+        start += size
+    return results
 
 
 def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | Path, cfg: GenerationConfig, *,
                      interventions: Sequence[Intervention] = (), desc: str = "generating",
-                     on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                     on_batch: Callable[[int], None] | None = None,
+                     batches: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Generate a response for every item into ``out_path`` (JSONL), resuming from what is already there.
 
-    Returns all records in item order. ``on_batch(i)`` is called after batch i is durably written (tests use it
-    to simulate a crash).
+    Returns the records in item order. ``batches``: generate only these batches of the plan over all
+    ``items`` (see :func:`plan_batches`) — what a shard does; their records are identical to the same batches
+    in a single-process run. ``on_batch(i)`` is called after batch i is durably written (tests use it to
+    simulate a crash).
     """
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise ConfigError("generation items must have unique ids")
     out_path = Path(out_path)
-    batches = _batches(items, cfg.batch_size)
+    plan = plan_batches(lm, items, cfg)
+    selected = range(len(plan)) if batches is None else sorted(set(batches))
+    if selected and not 0 <= min(selected) <= max(selected) < len(plan):
+        raise ConfigError(f"batch index out of range: the plan has {len(plan)} batches")
+    mine = {bi: plan[bi] for bi in selected}
+    if batches is not None:
+        wanted = {it.id for b in mine.values() for it in b}
+        ids = [i for i in ids if i in wanted]
     done = {r["id"]: r for r in read_jsonl(out_path)}
     # Drop records of partly written batches (and unknown ids) so they are regenerated whole.
     keep_ids: set[str] = set()
-    for b in batches:
+    for b in mine.values():
         if all(it.id in done for it in b):
             keep_ids.update(it.id for it in b)
     if set(done) - keep_ids:
         kept = [r for r in read_jsonl(out_path) if r["id"] in keep_ids]
         atomic_write_text(out_path, "".join(_json_line(r) for r in kept))
         done = {r["id"]: r for r in kept}
-    todo = [(bi, b) for bi, b in enumerate(batches) if not all(it.id in done for it in b)]
+    todo = [(bi, b) for bi, b in mine.items() if not all(it.id in done for it in b)]
     n_todo = sum(len(b) for _, b in todo)
+    limit = _Adaptive(cfg.batch_size)
     with JsonlWriter(out_path) as writer, tqdm(total=n_todo, desc=desc, unit="resp", disable=n_todo == 0,
                                                leave=False) as bar:
         for bi, batch in todo:
-            res = generate_batch(lm, [it.prompt.text for it in batch], cfg, interventions=interventions,
-                                 seed=cfg.seed * 1_000_003 + bi)
+            res = _generate_adaptive(lm, [it.prompt.text for it in batch], cfg, cfg.seed * 1_000_003 + bi,
+                                     interventions, limit)
             records = []
             for it, r in zip(batch, res, strict=True):
                 rec = {"id": it.id, **it.meta, "prompt": it.prompt.to_dict(), **r, "batch": bi}
@@ -177,9 +267,11 @@ def capture_responses(lm: LoadedModel, records: Sequence[dict[str, Any]], *, lay
     """
     pad = lm.tokenizer.pad_token_id
     order = sorted(range(len(records)), key=lambda i: len(records[i]["prompt_ids"]) + len(records[i]["response_ids"]))
+    size = batch_size
+    s = 0
     with tqdm(total=len(records), desc=desc, unit="resp", leave=False) as bar:
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        while s < len(order):
+            idx = order[s:s + size]
             seqs = [records[i]["prompt_ids"] + records[i]["response_ids"] for i in idx]
             t = max(len(x) for x in seqs)
             input_ids = torch.full((len(idx), t), pad, dtype=torch.long)
@@ -192,8 +284,18 @@ def capture_responses(lm: LoadedModel, records: Sequence[dict[str, Any]], *, lay
                 attn[row, t - len(seq):] = 1
                 if n_resp:
                     resp[row, t - n_resp:] = True
-            acts = forward_capture(lm.model, input_ids, attn, token_mask=resp, layers=layers, spec=lm.spec,
-                                   bf16=bf16, neurons=neurons)
+            try:
+                acts = forward_capture(lm.model, input_ids, attn, token_mask=resp, layers=layers, spec=lm.spec,
+                                       bf16=bf16, neurons=neurons)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                # Out of device memory: retry this batch in halves (each item's numbers do not depend on it).
+                if not is_oom(exc) or len(idx) == 1:
+                    raise
+                _free_device_memory()
+                size = len(idx) // 2
+                print(f"valuelens: out of memory capturing {len(idx)} responses on {lm.device}; continuing with {size}")
+                continue
             assert isinstance(acts, Tensor)
             yield [records[i]["id"] for i in idx], acts
             bar.update(len(idx))
+            s += len(idx)

