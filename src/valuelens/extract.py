@@ -41,10 +41,12 @@ from .config import strict_config
 from .errors import ConfigError, DataError
 from .generate import GenerationConfig, GenItem, capture_responses, generate_to_file
 from .models import NO_SYSTEM, TEMPLATE_DEFAULT, LoadedModel, load_model
+from .precision import BF16_CHOICES, use_bf16
 from .runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, shard_slice, write_manifest
 from .values import VALUE_NAMES, resolve_values
 
-__all__ = ["STAGES", "ExtractConfig", "run_extract"]
+__all__ = ["STAGES", "ExtractConfig", "extract_figures", "iter_activation_chunks", "label_groups", "load_judgments",
+           "load_responses", "make_judge", "run_extract"]
 
 STAGES = ("prepare", "generate", "judge", "activations", "vectors")
 CONDITIONS = ("intrinsic", "prompted")
@@ -67,8 +69,13 @@ class ExtractConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     batch_size: int = 16
-    gen_bf16: bool = True  # generation under CPU bf16 autocast (~2× faster); capture stays float32
+    # Generation under bf16 autocast: "auto" = only where the hardware computes bf16 natively (~2× faster there,
+    # 40-60× slower where it is emulated; valuelens.precision). Capture stays float32 unless capture_bf16.
+    gen_bf16: bool | str = "auto"
     capture_bf16: bool = False
+    # Batch prompts of similar token length together (less padding; changes batch composition, so responses
+    # differ from a run without it — same seed, same plan, same responses however the work is sharded).
+    gen_sort_by_length: bool = False
     capture_batch_size: int = 16
     chunk_size: int = 64  # responses per activation file
     judge: str = "auto"  # "auto" | "detector" | "llm" | a detector folder
@@ -108,11 +115,14 @@ class ExtractConfig:
             raise ConfigError("rank_fraction must be in (0, 0.5]")
         if self.min_count < 1:
             raise ConfigError("min_count must be >= 1")
+        if self.gen_bf16 not in BF16_CHOICES:
+            raise ConfigError(f"gen_bf16 must be auto, true or false, got {self.gen_bf16!r}")
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                                 temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                                batch_size=self.batch_size, bf16=self.gen_bf16)
+                                batch_size=self.batch_size, bf16=use_bf16(self.gen_bf16),
+                                sort_by_length=self.gen_sort_by_length)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,14 +181,18 @@ def _shard_file(run: Path, shard: tuple[int, int]) -> Path:
 
 
 def _generate(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[int, int]) -> None:
+    from .generate import plan_batches
     from .models import RenderedPrompt
 
-    items = shard_slice(_load_items(run), shard)
     gen_items = [GenItem(id=it["id"], prompt=RenderedPrompt(**it["prompt"]),
                          meta={k: it[k] for k in ("condition", "target_value", "query_id", "template_id")})
-                 for it in items]
-    generate_to_file(lm, gen_items, _shard_file(run, shard), cfg.generation(),
-                     desc=f"generate {shard[0]}/{shard[1]}")
+                 for it in _load_items(run)]
+    # A shard takes every n-th batch of the plan over *all* items: batch composition and sampling seeds, and so
+    # the responses, are the same however the work is split (one process, --shard i/n, Ray tasks).
+    gcfg = cfg.generation()
+    mine = shard_slice(list(range(len(plan_batches(lm, gen_items, gcfg)))), shard)
+    generate_to_file(lm, gen_items, _shard_file(run, shard), gcfg, desc=f"generate {shard[0]}/{shard[1]}",
+                     batches=mine)
 
 
 def load_responses(run: Path) -> list[dict[str, Any]]:
@@ -256,7 +270,7 @@ def load_judgments(run: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _label_groups(cfg: ExtractConfig, responses: Sequence[dict[str, Any]], judgments: dict[str, dict[str, Any]]
+def label_groups(cfg: ExtractConfig, responses: Sequence[dict[str, Any]], judgments: dict[str, dict[str, Any]]
                   ) -> dict[tuple[str, str], dict[str, list[str]]]:
     """``{(value, condition): {"pos": [ids], "neg": [ids], "invalid": [ids]}}`` under ``cfg.label_mode``."""
     groups: dict[tuple[str, str], dict[str, list[str]]] = {
@@ -285,7 +299,7 @@ def _label_groups(cfg: ExtractConfig, responses: Sequence[dict[str, Any]], judgm
 
 
 def _write_judge_counts(run: Path, cfg: ExtractConfig, responses: Sequence[dict[str, Any]]) -> None:
-    groups = _label_groups(cfg, responses, load_judgments(run))
+    groups = label_groups(cfg, responses, load_judgments(run))
     lines = ["value,condition,expressing,not_expressing,invalid,usable"]
     for (v, c), g in groups.items():
         usable = len(g["pos"]) >= cfg.min_count and len(g["neg"]) >= cfg.min_count
@@ -348,7 +362,7 @@ def _vectors(run: Path, cfg: ExtractConfig, model_info: dict[str, Any]) -> dict[
 
     responses = load_responses(run)
     judgments = load_judgments(run)
-    groups = _label_groups(cfg, responses, judgments)
+    groups = label_groups(cfg, responses, judgments)
     membership: dict[str, list[tuple[str, str, str]]] = {}
     for (v, c), g in groups.items():
         for side in ("pos", "neg"):
@@ -405,7 +419,8 @@ def _vectors(run: Path, cfg: ExtractConfig, model_info: dict[str, Any]) -> dict[
     atomic_write_text(run / "tables" / "vectors_by_layer.csv", "\n".join(rows) + "\n")
     stats = vv.metadata.get("compliance_stats")
     if stats:
-        keys = [k for k in stats if isinstance(stats[k], list) and len(stats[k]) == n_layers]
+        keys = [k for k in stats if isinstance(stats[k], list) and len(stats[k]) == n_layers
+                and all(isinstance(x, int | float) for x in stats[k])]
         lines = ["layer," + ",".join(keys)]
         for li in range(n_layers):
             lines.append(f"{li}," + ",".join(f"{stats[k][li]:.6g}" for k in keys))
@@ -415,13 +430,12 @@ def _vectors(run: Path, cfg: ExtractConfig, model_info: dict[str, Any]) -> dict[
                "n_responses": len(responses), "n_empty": len(responses) - len(nonempty)}
     if stats:
         summary["compliance_at_layer"] = {k: stats[k][layer] for k in stats
-                                          if isinstance(stats[k], list) and len(stats[k]) == n_layers}
+                                          if isinstance(stats[k], list) and len(stats[k]) == n_layers
+                                          and all(isinstance(x, int | float) for x in stats[k])}
     if both:
         summary["cos_int_prompt_at_layer"] = {v: float(cosine_by_layer(vv.get(v, "intrinsic"),
                                                                        vv.get(v, "prompted"))[layer]) for v in both}
     atomic_write_json(run / "vectors_summary.json", summary)
-    from .report import extract_figures
-
     extract_figures(run, vv, layer)
     return summary
 
@@ -518,3 +532,55 @@ def run_extract(run_dir: str | Path, cfg: ExtractConfig, *, stages: Sequence[str
                           "shard": list(shard), "timings_s": timings, "total_s": round(time.time() - t0, 2),
                           "judge": _judge_identity(run)})
     return summary
+
+
+def extract_figures(run: Path, vv: Any, layer: int) -> list[Path]:
+    """Figures of the extract stage: cos(v_int, v_prompt) by layer, norms by layer, shared-axis cosines."""
+    from . import plots as _plots
+    from .values import theoretical_cosine_matrix
+    from .vectors import cosine_by_layer, norms_by_layer
+
+    plt = _plots.plt()
+    out: list[Path] = []
+    figdir = run / "figures"
+    both = [v for v in vv.values if (v, "intrinsic") in vv.vectors and (v, "prompted") in vv.vectors]
+    layers = np.asarray(vv.layers)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for v in both:
+        ax.plot(layers, cosine_by_layer(vv.get(v, "intrinsic"), vv.get(v, "prompted")).numpy(), label=v)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(layer, color="grey", ls=":", lw=1)
+    ax.set(xlabel="layer", ylabel="cos(v_intrinsic, v_prompted)",
+           title="Intrinsic vs prompted value vectors" + ("" if both else " (no value has both)"))
+    if both:
+        ax.legend(fontsize=7, ncol=2)
+    out.append(_plots.savefig(fig, figdir / "cosine_by_layer.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, cond in zip(axes, ("intrinsic", "prompted"), strict=True):
+        for v in vv.values:
+            if (v, cond) in vv.vectors:
+                ax.plot(layers, norms_by_layer(vv.get(v, cond)).numpy(), label=v)
+        ax.set(xlabel="layer", title=f"‖v_{cond}‖ by layer")
+    axes[0].set_ylabel("norm")
+    axes[0].legend(fontsize=7, ncol=2)
+    out.append(_plots.savefig(fig, figdir / "norms_by_layer.png"))
+
+    shared = [v for v in VALUE_NAMES if (v, "shared") in vv.vectors]
+    if len(shared) >= 2:
+        row = vv.layer_row(layer)
+        x = np.stack([vv.get(v, "shared")[row].numpy() for v in shared])
+        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+        cos = x @ x.T
+        idx = [VALUE_NAMES.index(v) for v in shared]
+        theo = theoretical_cosine_matrix()[np.ix_(idx, idx)]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+        for ax, mat, title in ((axes[0], cos, f"shared axes, layer {layer}"), (axes[1], theo, "theoretical circumplex")):
+            im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r")
+            ax.set_xticks(range(len(shared)), shared, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(shared)), shared, fontsize=7)
+            ax.set_title(title)
+        fig.colorbar(im, ax=axes, shrink=0.8)
+        out.append(_plots.savefig(fig, figdir / "shared_axis_cosines.png"))
+    return out

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .analyze import AnalyzeConfig, run_analyze
+from .analysis import AnalyzeConfig, run_analyze
 from .extract import ExtractConfig, run_extract
 from .models import load_model
 from .runio import write_manifest
@@ -26,7 +26,7 @@ def default_detector() -> Path:
     return cache_dir() / "detectors" / "minilm-v1"
 
 
-def ensure_detector(data_dir: str | None = None, *, bf16: bool = True, quick: bool = False) -> Path:
+def ensure_detector(data_dir: str | None = None, *, bf16: bool | str = "auto", quick: bool = False) -> Path:
     """The default detector folder, training it (MiniLM, 4 epochs, resumable) if it does not exist yet.
 
     ``quick``: if the default detector is missing, train a small one (1 epoch on 1,200 arguments, ~1 min) into
@@ -34,7 +34,9 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool = True, quick: bo
     """
     from .detect.data import load_split, resolve_data_dir
     from .detect.finetune import TrainConfig, train_detector
+    from .precision import use_bf16
 
+    bf16 = use_bf16(bf16)
     target = default_detector()
     if (target / "detector.json").exists():
         return target

@@ -27,80 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import DataError
-from .runio import atomic_path, atomic_write_text
+from .runio import atomic_write_text
 
-__all__ = ["MAX_ROWS", "SECTIONS", "build_report", "caption_for", "extract_figures", "savefig"]
-
-
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def savefig(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
-    return path
-
-
-def extract_figures(run: Path, vv: Any, layer: int) -> list[Path]:
-    """Figures of the extract stage: cos(v_int, v_prompt) by layer, norms by layer, shared-axis cosines."""
-    from .values import VALUE_NAMES, theoretical_cosine_matrix
-    from .vectors import cosine_by_layer, norms_by_layer
-
-    plt = _plt()
-    out: list[Path] = []
-    figdir = run / "figures"
-    both = [v for v in vv.values if (v, "intrinsic") in vv.vectors and (v, "prompted") in vv.vectors]
-    layers = np.asarray(vv.layers)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for v in both:
-        ax.plot(layers, cosine_by_layer(vv.get(v, "intrinsic"), vv.get(v, "prompted")).numpy(), label=v)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(layer, color="grey", ls=":", lw=1)
-    ax.set(xlabel="layer", ylabel="cos(v_intrinsic, v_prompted)",
-           title="Intrinsic vs prompted value vectors" + ("" if both else " (no value has both)"))
-    if both:
-        ax.legend(fontsize=7, ncol=2)
-    out.append(savefig(fig, figdir / "cosine_by_layer.png"))
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, cond in zip(axes, ("intrinsic", "prompted"), strict=True):
-        for v in vv.values:
-            if (v, cond) in vv.vectors:
-                ax.plot(layers, norms_by_layer(vv.get(v, cond)).numpy(), label=v)
-        ax.set(xlabel="layer", title=f"‖v_{cond}‖ by layer")
-    axes[0].set_ylabel("norm")
-    axes[0].legend(fontsize=7, ncol=2)
-    out.append(savefig(fig, figdir / "norms_by_layer.png"))
-
-    shared = [v for v in VALUE_NAMES if (v, "shared") in vv.vectors]
-    if len(shared) >= 2:
-        row = vv.layer_row(layer)
-        x = np.stack([vv.get(v, "shared")[row].numpy() for v in shared])
-        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-        cos = x @ x.T
-        idx = [VALUE_NAMES.index(v) for v in shared]
-        theo = theoretical_cosine_matrix()[np.ix_(idx, idx)]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-        for ax, mat, title in ((axes[0], cos, f"shared axes, layer {layer}"), (axes[1], theo, "theoretical circumplex")):
-            im = ax.imshow(mat, vmin=-1, vmax=1, cmap="RdBu_r")
-            ax.set_xticks(range(len(shared)), shared, rotation=60, ha="right", fontsize=7)
-            ax.set_yticks(range(len(shared)), shared, fontsize=7)
-            ax.set_title(title)
-        fig.colorbar(im, ax=axes, shrink=0.8)
-        out.append(savefig(fig, figdir / "shared_axis_cosines.png"))
-    return out
+__all__ = ["MAX_ROWS", "SECTIONS", "build_report", "caption_for"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +92,9 @@ SECTIONS: tuple[SectionSpec, ...] = (
                 "< 5 points, α = 4 for Qwen2.5-7B)."),
 )
 
-_STATUS_CLASS = {"reproduced": "ok", "partial": "partial", "not reproduced": "bad", "not run": "na"}
+_STATUS_CLASS = {"reproduced": "ok", "not detected": "partial", "contradicted": "bad", "untestable": "na",
+                 # statuses of findings.json written before schema 2
+                 "partial": "partial", "not reproduced": "bad", "not run": "na"}
 
 _KNOWN_CAPTIONS = {
     "cosine_by_layer": "Cosine similarity of the intrinsic and prompted value vectors, by layer "
@@ -497,27 +429,43 @@ def _header(run: Path, mans: dict[str, dict[str, Any]], page: _Page) -> str:
 
 def _statement(model: str, findings: list[dict[str, Any]]) -> str:
     """The plain statement: which of the paper's findings this model reproduces and which it does not (HTML)."""
-    groups: dict[str, list[str]] = {"reproduced": [], "partial": [], "not reproduced": [], "not run": [], "other": []}
+    order = ("reproduced", "not detected", "contradicted", "untestable", "partial", "not reproduced", "not run")
+    phrases = {"reproduced": "Reproduced (effect beyond its control, CI excludes 0, the paper's direction)",
+               "not detected": "Not detected (see the MDE: could this run have seen the paper's effect?)",
+               "contradicted": "Contradicted (significant, opposite direction)",
+               "untestable": "Untestable here (reason given)", "partial": "Partly reproduced",
+               "not reproduced": "Not reproduced", "not run": "Not run"}
+    groups: dict[str, list[str]] = {k: [] for k in (*order, "other")}
     for f in findings:
         status = str(f.get("status", "")).strip().lower()
-        label = str(f.get("id") or "?")
-        claim = str(f.get("claim") or "").strip()
-        if claim:
-            label += f" ({claim if len(claim) <= 120 else claim[:120] + '…'})"
-        groups[status if status in groups else "other"].append(label)
-    n, n_ok = len(findings), len(groups["reproduced"])
-    lead = (f"Of the paper's {n} finding{'s' if n != 1 else ''} checked, this model ({model}) reproduces {n_ok}, "
-            f"partly reproduces {len(groups['partial'])} and does not reproduce {len(groups['not reproduced'])}; "
-            f"{len(groups['not run'])} {'were' if len(groups['not run']) != 1 else 'was'} not run.")
+        groups[status if status in groups else "other"].append(str(f.get("id") or "?"))
+    n = len(findings)
+    lead = (f"Of the paper's {n} finding{'s' if n != 1 else ''} checked, this model ({model}) reproduces "
+            f"{len(groups['reproduced'])}; {len(groups['not detected']) + len(groups['not reproduced'])} not "
+            f"detected, {len(groups['contradicted'])} contradicted, "
+            f"{len(groups['untestable']) + len(groups['not run'])} untestable here.")
     items = []
-    for key, phrase in (("reproduced", "Reproduced"), ("partial", "Partly reproduced"),
-                        ("not reproduced", "Not reproduced"), ("not run", "Not run (no evidence either way)"),
-                        ("other", "Unknown status")):
+    for key in (*order, "other"):
         if groups[key]:
             cls = _STATUS_CLASS.get(key, "na")
-            items.append(f'<li><span class="badge {cls}">{_e(phrase)} ({len(groups[key])})</span> '
-                         + _e("; ".join(groups[key])) + "</li>")
+            items.append(f'<li><span class="badge {cls}">{_e(phrases.get(key, "Unknown status"))} '
+                         f'({len(groups[key])})</span> ' + _e("; ".join(groups[key])) + "</li>")
     return f'<p class="statement">{_e(lead)}</p><ul class="statement">{"".join(items)}</ul>'
+
+
+def _stat_cell(f: dict[str, Any]) -> str:
+    """Effect [95 % CI], p, n and MDE of a schema-2 finding (empty for old ones)."""
+    def num(x: Any, fmt: str) -> str:
+        return format(x, fmt) if isinstance(x, int | float) and not isinstance(x, bool) else "—"
+    if f.get("effect") is None:
+        return ""
+    ci = (f" [{num(f.get('ci_low'), '+.3f')}, {num(f.get('ci_high'), '+.3f')}]"
+          if f.get("ci_low") is not None else " [no CI]")
+    txt = f"{num(f.get('effect'), '+.3f')}{ci}; p {num(f.get('p_value'), '.3g')}; n {f.get('n', '—')}"
+    txt += f" {f.get('unit', '')}; MDE {num(f.get('mde'), '.3f')}"
+    if f.get("paper_detectable") is not None:
+        txt += "; paper's effect " + ("≥" if f["paper_detectable"] else "<") + " MDE"
+    return txt
 
 
 def _findings(run: Path, model: str, page: _Page) -> None:
@@ -543,25 +491,45 @@ def _findings(run: Path, model: str, page: _Page) -> None:
         page.add('<p class="missing">findings.json lists no findings.</p>')
         return
     page.add(_statement(model, findings))
-    page.add('<div class="scroll"><table class="findings"><tr><th>id</th><th>claim</th><th>paper</th><th>ours</th>'
-             "<th>status</th><th>evidence</th></tr>")
+    page.add('<p class="about">Each effect is compared with its control; the 95 % CI is a bootstrap over the unit '
+             "named; p is a permutation p-value against the control; MDE is the smallest effect this run would "
+             "detect with 80 % power at α = 0.05.</p>")
+    page.add('<div class="scroll"><table class="findings"><tr><th>id</th><th>claim</th><th>paper</th>'
+             "<th>effect [95 % CI], p, n, MDE</th><th>control</th><th>ours</th><th>status</th><th>evidence</th>"
+             "</tr>")
     for f in findings:
         status = str(f.get("status", "")).strip() or "unknown"
         cls = _STATUS_CLASS.get(status.lower(), "na")
+        metric = f"<br><i>{_e(f['metric'])}</i>" if f.get("metric") else ""
         page.add(f'<tr class="{cls}"><td>{_e(f.get("id", "?"))}</td><td>{_kv(f.get("claim"), 3)}</td>'
-                 f'<td>{_kv(f.get("paper"), 2)}</td><td>{_kv(f.get("ours"), 2)}</td>'
+                 f'<td>{_kv(f.get("paper"), 2)}</td><td>{_e(_stat_cell(f))}{metric}</td>'
+                 f'<td>{_kv(f.get("control"), 2)}</td><td>{_kv(f.get("ours"), 2)}</td>'
                  f'<td class="status"><span class="badge {cls}">{_e(status)}</span></td>'
                  f'<td>{_kv(f.get("evidence"), 2)}</td></tr>')
     page.add("</table></div>")
 
 
-def _section_dirs(run: Path) -> dict[str, Path | None]:
+def _section_specs(run: Path, page: _Page) -> list[SectionSpec]:
+    """Report order and titles: ``analyze/index.json`` (written by ``valuelens analyze``, it knows users' own
+    sections) after the extract stage; the built-in list for folders written before it existed."""
+    ok, index = _read_json(run / "analyze" / "index.json", page, "analyze/index.json")
+    rows = index.get("sections") if ok and isinstance(index, dict) else None
+    if not isinstance(rows, list):
+        return list(SECTIONS)
+    specs = [SECTIONS[0]]
+    for r in rows:
+        if isinstance(r, dict) and r.get("name"):
+            specs.append(SectionSpec(str(r["name"]), str(r.get("title") or r["name"]), str(r.get("about") or "")))
+    return specs
+
+
+def _section_dirs(run: Path, specs: list[SectionSpec]) -> dict[str, Path | None]:
     """Section key → its folder (``None``: not run). Unknown analyze sections follow the known ones, by name."""
     out: dict[str, Path | None] = {}
     extract_ran = any((run / p).exists() for p in ("tables", "figures", "vectors_summary.json"))
     out["extract"] = run if extract_ran else None
     analyze = run / "analyze"
-    for spec in SECTIONS[1:]:
+    for spec in specs[1:]:
         d = analyze / spec.key
         out[spec.key] = d if d.is_dir() else None
     if analyze.is_dir():
@@ -678,8 +646,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     head = _Page()
     title = _header(run, mans, head)
     model = title.split("— ", 1)[-1]
-    sections = _section_dirs(run)
-    specs = {s.key: s for s in SECTIONS}
+    spec_list = _section_specs(run, body)
+    sections = _section_dirs(run, spec_list)
+    specs = {s.key: s for s in spec_list}
     for key in sections:
         specs.setdefault(key, SectionSpec(key, key.replace("_", " ").capitalize(), "An additional analysis section."))
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from valuelens.report import build_report, savefig
+from valuelens.plots import savefig
+from valuelens.report import build_report
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from valuelens.errors import ConfigError
-from valuelens.extract import ExtractConfig, _label_groups
+from valuelens.extract import ExtractConfig, label_groups
 
 
 def _resp(i: int, cond: str = "intrinsic", target: str | None = None) -> dict:
@@ -20,7 +20,7 @@ def test_judge_mode_uses_binary_labels_and_counts_invalid():
         "r1": {"labels": {"Power": 0, "Hedonism": 1}, "scores": {"Power": 0.1, "Hedonism": 0.7}},
         "r2": {"labels": {"Power": 1, "Hedonism": 0}, "scores": {"Power": 0.8, "Hedonism": 0.2}},
     }
-    g = _label_groups(cfg, responses, judgments)
+    g = label_groups(cfg, responses, judgments)
     assert g[("Power", "intrinsic")] == {"pos": ["r0"], "neg": ["r1"], "invalid": []}
     assert g[("Hedonism", "intrinsic")] == {"pos": ["r1"], "neg": [], "invalid": ["r0"]}
     # Prompted responses count only for their target value.
@@ -33,7 +33,7 @@ def test_rank_mode_splits_by_score_deterministically():
     scores = [0.5, 0.9, 0.1, 0.5, 0.3]
     responses = [_resp(i) for i in range(5)]
     judgments = {f"r{i}": {"labels": {"Power": 1}, "scores": {"Power": s}} for i, s in enumerate(scores)}
-    g = _label_groups(cfg, responses, judgments)[("Power", "intrinsic")]
+    g = label_groups(cfg, responses, judgments)[("Power", "intrinsic")]
     # 5 × 0.4 = 2 per side; the middle one is dropped; ties (r0, r3 at 0.5) broken by id.
     assert g["neg"] == ["r2", "r4"] and g["pos"] == ["r3", "r1"]
     with pytest.raises(ConfigError, match="rank_fraction"):

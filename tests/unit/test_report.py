@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from valuelens import cli
 from valuelens.cli.stages import report_cmd
 from valuelens.errors import DataError
-from valuelens.report import MAX_ROWS, SECTIONS, build_report, caption_for, savefig
+from valuelens.plots import savefig
+from valuelens.report import MAX_ROWS, SECTIONS, build_report, caption_for
 
 
 def _png(path: Path, title: str = "t") -> bytes:
@@ -106,9 +107,10 @@ def test_report_contents(run: Path) -> None:
     assert doc.index('id="findings"') < doc.index('id="sec-extract"')
     assert 'class="badge ok">reproduced' in doc and 'class="badge bad">not reproduced' in doc
     assert 'class="badge partial">partial' in doc and 'class="badge na">not run' in doc
-    assert "reproduces 1, partly reproduces 1 and does not reproduce 1; 1 was not run" in doc
-    assert "Reproduced (1)</span> F1 (" in doc and "Not reproduced (1)</span> F2 (Circumplex" in doc
-    assert "Partly reproduced (1)</span> F4" in doc
+    # findings.json written before schema 2 (old statuses) still renders, every status with its own badge
+    assert "reproduces 1; 1 not detected, 0 contradicted, 1 untestable here." in doc
+    assert "(1)</span> F1</li>" in doc and "Not reproduced (1)</span> F2</li>" in doc
+    assert "Partly reproduced (1)</span> F4</li>" in doc
     assert "&lt;shared&gt;" in doc and "<shared>" not in doc
     # tables: values, escaped cells, numbers formatted
     assert "<th>expressing</th>" in doc and ">12</td>" in doc

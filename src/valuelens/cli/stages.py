@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import load_config_file, parse_overrides
+from ._common import format_findings, load_config_file, parse_overrides
 from ._scale import device_options
 
 
@@ -56,20 +56,33 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML analyze config.")
 @click.option("--quick", is_flag=True, help="Small sweeps and few items (smoke tests).")
-@click.option("--section", "sections", multiple=True, help="Run only these sections (repeatable).")
+@click.option("--section", "sections", multiple=True, help="Run only these sections (repeatable; the sections "
+              "they require run too, or are reused when cached).")
 @click.option("--set", "overrides", multiple=True, help="key=value config override (JSON value), repeatable.")
+@click.option("--findings-only", is_flag=True, help="Re-derive findings.json from the sections' files (no model).")
+@click.option("--list", "list_sections", is_flag=True, help="List the registered sections and their options.")
 def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tuple[str, ...],
-                overrides: tuple[str, ...]) -> None:
-    """Steps 7–9 on an extract run: value neurons, steering evaluations with controls, findings."""
-    from ..analyze import AnalyzeConfig, run_analyze
+                overrides: tuple[str, ...], findings_only: bool, list_sections: bool) -> None:
+    """Steps 7–9 on an extract run: value neurons, steering evaluations with controls, findings with statistics."""
+    from ..analysis import AnalyzeConfig, registry, run_analyze, write_findings
 
+    if list_sections:
+        for name, sec in registry().items():
+            req = f" (requires {', '.join(sec.requires)})" if sec.requires else ""
+            click.echo(f"{name}{req}: {sec.title}")
+            for opt in sec.option_names():
+                click.echo(f"    {opt} = {getattr(sec.Config(), opt)!r}")
+        return
+    if findings_only:
+        doc = write_findings(run_dir)
+        click.echo(format_findings(doc["findings"]))
+        return
     d = load_config_file(config_file)
     d.update(parse_overrides(overrides))
     if sections:
         d["sections"] = list(sections)
     cfg = AnalyzeConfig.quick(**d) if quick else AnalyzeConfig.from_dict(d)
-    for f in run_analyze(run_dir, cfg):
-        click.echo(f"[{f['status']:>14}] {f['id']}: {f['ours']}")
+    click.echo(format_findings(run_analyze(run_dir, cfg)))
 
 
 @click.command("run")
