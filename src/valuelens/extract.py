@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .config import strict_config
 from .errors import ConfigError, DataError
 from .generate import GenerationConfig, GenItem, capture_responses, generate_to_file
 from .models import NO_SYSTEM, TEMPLATE_DEFAULT, LoadedModel, load_model
 from .precision import BF16_CHOICES, use_bf16
+from .progress import bar as tqdm
 from .runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, shard_slice, write_manifest
 from .values import VALUE_NAMES, resolve_values
 

@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .errors import ConfigError, ModelError
 from .hooks import Intervention, apply_interventions, forward_capture
 from .models import LoadedModel, RenderedPrompt, autocast
+from .progress import bar as tqdm
 from .runio import JsonlWriter, atomic_write_text, read_jsonl
 
 __all__ = ["GenItem", "GenerationConfig", "capture_responses", "generate_batch", "generate_to_file",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from valuelens.analyze import AnalyzeConfig, run_analyze
+from valuelens.analysis import AnalyzeConfig, run_analyze
 from valuelens.errors import ConfigError, DataError
 from valuelens.vectors import ValueVectors
 
@@ -49,9 +49,14 @@ def test_every_stage_wrote_its_tables_and_figures(quick_run):
     manifest = json.loads((run / "manifest-run.json").read_text())
     assert manifest["model"]["model_hash"] and manifest["versions"]["transformers"]
     assert manifest["config"]["extract"]["seed"] == 0
-    findings = {f["id"]: f for f in json.loads((run / "findings.json").read_text())}
-    assert {"distinct-mechanisms", "steerability", "circumplex", "cross-lingual"} <= set(findings)
-    assert findings["cross-lingual"]["status"] == "not run"  # SmolLM2 is English-only, and the report says so
+    findings = {f["id"]: f for f in json.loads((run / "findings.json").read_text())["findings"]}
+    assert {"distinct-mechanisms", "steer-intrinsic", "steer-prompted", "circumplex", "cross-lingual",
+            "compliance-channel", "dose-response", "expression-prompted"} <= set(findings)
+    assert findings["cross-lingual"]["status"] == "untestable"  # SmolLM2 is English-only, and the report says so
+    assert "English-only" in findings["cross-lingual"]["reason"]
+    for f in findings.values():  # every finding carries its statistics, or says why it has none
+        assert f["status"] in ("reproduced", "not detected", "contradicted", "untestable")
+        assert f["status"] == "untestable" or (f["n"] > 0 and f["p_value"] is not None and f["mde"] is not None)
     html = (run / "report.html").read_text()
     pngs = list(run.rglob("*.png"))
     assert len(pngs) >= 7 and html.count("data:image/png;base64,") == len(pngs) and "Findings" in html
@@ -77,8 +82,9 @@ def test_dose_response_spans_the_guard_with_a_random_control(quick_run):
     assert set(df["kind"]) == {"prompted", "random"} and sorted(set(df["alpha"])) == [0.05, 0.4]
     assert (df["beyond_guard"] == (df["alpha"] > cap["alpha"] + 1e-12)).all()
     assert 1 <= df["target"].nunique() <= 2 and len(df) == 4 * df["target"].nunique()  # 2 kinds × 2 α
-    findings = {f["id"]: f for f in json.loads((quick_run / "findings.json").read_text())}
-    assert findings["dose-response"]["status"] in ("reproduced", "partial", "not reproduced")
+    findings = {f["id"]: f for f in json.loads((quick_run / "findings.json").read_text())["findings"]}
+    assert findings["dose-response"]["status"] in ("reproduced", "not detected", "contradicted")
+    assert findings["dose-response"]["n"] == 2 * df["target"].nunique()  # 2 items per value
 
 
 def test_diversity_compares_equal_sized_groups_and_judges_are_compared(quick_run):
@@ -142,14 +148,14 @@ def test_crosslingual_section_runs_the_same_conditions_in_every_language(quick_r
     cfg = AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"], crosslingual_conditions=["prompted", "random"])
     findings = {f["id"]: f for f in run_analyze(run, cfg, lm=smollm2)}
     df = pd.read_csv(run / "analyze/crosslingual/tables/by_language.csv")
-    assert set(df["lang"]) == {"en", "zh"} and set(df["condition"]) == {"prompted", "random"}
+    assert set(df["lang"]) == {"en", "zh"} and set(df["condition"]) == {"prompted"}  # each vs its random control
     per = pd.read_csv(run / "analyze/crosslingual/tables/steering_effect_zh.csv")
     en = pd.read_csv(run / "analyze/crosslingual/tables/steering_effect_en.csv")
     assert (per["lang"] == "zh").all() and set(per["condition"]) == {"prompted", "random"}
     assert set(per["target"]) == set(en["target"]) and len(per) == 2 * per["target"].nunique() >= 2
     assert (run / "analyze/crosslingual/figures/by_language.png").is_file()
-    assert findings["cross-lingual"]["status"] in ("reproduced", "not reproduced")
-    assert "zh" in findings["cross-lingual"]["ours"]
+    assert findings["cross-lingual"]["status"] in ("reproduced", "not detected", "contradicted")
+    assert "zh" in findings["cross-lingual"]["ours"] and findings["cross-lingual"]["n"] > 0
     with pytest.raises(ConfigError, match="unknown crosslingual_conditions"):
         run_analyze(run, AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"],
                                              crosslingual_conditions=["vibes"]), lm=smollm2)
@@ -166,11 +172,15 @@ def test_changing_one_sections_settings_reruns_only_that_section(quick_run, tmp_
     assert dose["alphas"] == [0.05, 0.2] and json.loads(summaries["dose"])["alphas"] == [0.05, 0.4]
 
 
-def test_report_rederives_findings_from_the_section_summaries(quick_run, tmp_path):
+def test_findings_rederive_from_the_section_files_without_a_model(quick_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("activations", "responses"))
     before = json.loads((run / "findings.json").read_text())
     (run / "findings.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "report", str(run)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "analyze", str(run), "--findings-only"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((run / "findings.json").read_text()) == before
+    assert "steer-prompted" in proc.stdout and max(len(line) for line in proc.stdout.splitlines()) <= 110
+    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "report", str(run)], capture_output=True, text=True)
+    assert proc.returncode == 0 and (run / "report.html").is_file()

@@ -11,7 +11,6 @@ User errors (:class:`valuelens.errors.ValuelensError`) print one line and exit w
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any
 
@@ -52,12 +51,22 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="valuelens")
-def cli() -> None:
-    """valuelens: how a language model expresses human values, how to steer it, and how to detect values."""
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (results and errors are still printed).")
+def cli(quiet: bool) -> None:
+    """valuelens: how a language model expresses human values, how to steer it, and how to detect values.
+
+    Progress: a bar with ETA on a terminal, one line per ~10 % of a stage in a log file.
+    """
+    from ..progress import set_quiet
+
+    if quiet:
+        set_quiet(True)
 
 
 def main(argv: list[str] | None = None) -> Any:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from ..progress import quiet_libraries
+
+    quiet_libraries()
     try:
         return cli.main(args=argv, prog_name="valuelens", standalone_mode=False)
     except click.exceptions.Abort:

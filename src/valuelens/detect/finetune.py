@@ -277,7 +277,7 @@ class ValueDetector(nn.Module):
 def predict_proba(model: ValueDetector, texts: Sequence[str], *, batch_size: int = 64, bf16: bool = False,
                   progress: bool = False) -> np.ndarray:
     """Batched inference; ``no_grad`` (not ``inference_mode``) so bf16 autocast can cache weight copies."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as tqdm
 
     was_training = model.training
     model.eval()
@@ -300,7 +300,7 @@ def predict_proba(model: ValueDetector, texts: Sequence[str], *, batch_size: int
 def _cached_features(model: ValueDetector, texts: Sequence[str], *, batch_size: int, bf16: bool,
                      progress: bool) -> torch.Tensor:
     """Pooled features of a frozen encoder, computed once (eval mode: no dropout inside the encoder)."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as tqdm
 
     was = model.training
     model.eval()
@@ -434,7 +434,7 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
 
     ``stop_after_steps`` stops after that many optimiser steps, leaving a checkpoint (used to test resuming).
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as tqdm
 
     config.validate()
     if train.labels is None or valid.labels is None:
