@@ -508,3 +508,66 @@ def apply_interventions(model: nn.Module, interventions: Sequence[Intervention],
             else:
                 raise ConfigError(f"unknown intervention {iv!r}")
         yield
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-row steering that changes between forward passes (the serving engine's continuous batching)
+
+
+class RowSteering:
+    """Per-row additions ``h[b] ← h[b] + d[b]`` whose deltas may change before every forward pass.
+
+    A serving batch changes composition at every decoding step (requests join and leave), so the deltas cannot
+    be fixed when the hooks are registered as in :func:`add_vectors`. :meth:`set` takes, per layer, a list of
+    ``[B, D]`` float32 deltas ("slots") added one after the other — the same order and arithmetic as nested
+    :func:`add_vectors` calls with ``alpha·v`` — so a row with one steer gets exactly the library's numbers,
+    and a row whose slot is zero gets ``h + 0 = h`` bit for bit (an unsteered row in a steered batch).
+    """
+
+    def __init__(self) -> None:
+        self._deltas: dict[int, list[_PerDevice]] = {}
+
+    def set(self, deltas: Mapping[int, Sequence[Tensor]]) -> None:
+        """Replace the deltas: ``{layer: [slot [B, D], ...]}`` (layers as 0-based indices already checked)."""
+        out: dict[int, list[_PerDevice]] = {}
+        for layer, slots in deltas.items():
+            if slots:
+                out[int(layer)] = [_PerDevice(s.detach().to(torch.float32)[:, None, :]) for s in slots]
+        self._deltas = out
+
+    def clear(self) -> None:
+        self._deltas = {}
+
+    @property
+    def active_layers(self) -> list[int]:
+        return sorted(self._deltas)
+
+    def _apply(self, layer: int, out: Any) -> Any:
+        slots = self._deltas.get(layer)
+        if not slots:
+            return None
+        h = _hidden(out)
+        for s in slots:
+            d = s.get(h.device, h.dtype)
+            if d.shape[0] != h.shape[0]:
+                raise RuntimeError(f"row steering has {d.shape[0]} rows but the batch has {h.shape[0]}")
+            h = h + d
+        return _replace_hidden(out, h)
+
+
+@contextlib.contextmanager
+def steer_rows(model: nn.Module, *, spec: ResolvedSpec | None = None) -> Iterator[RowSteering]:
+    """Register one hook per decoder layer that applies the current :class:`RowSteering` deltas (none at first).
+
+    The hooks stay registered for the whole block; a layer with no deltas returns at once (a dictionary lookup
+    per layer per forward), so an idle or unsteered batch runs the plain model.
+    """
+    sp = _spec(model, spec)
+    rs = RowSteering()
+    handles = []
+    for li in range(sp.n_layers):
+        def hook(_m: nn.Module, _inp: Any, out: Any, li: int = li) -> Any:
+            return rs._apply(li, out)
+        handles.append(sp.layer(model, li).register_forward_hook(hook))
+    with _hooks(handles):
+        yield rs
