@@ -47,6 +47,7 @@ from .models import ResolvedSpec, autocast, get_arch_spec, module_device
 __all__ = [
     "Ablate",
     "Intervention",
+    "LayerTrace",
     "Reduction",
     "ResidualRecorder",
     "ScaleNeurons",
@@ -54,11 +55,17 @@ __all__ = [
     "ablate_direction",
     "add_vectors",
     "apply_interventions",
+    "cache_kwarg",
+    "can_replay",
     "capture_neurons",
     "capture_residual",
     "forward_capture",
     "left_pad_position_ids",
+    "new_cache",
+    "replay_from_layer",
     "scale_neurons",
+    "steer_delta",
+    "trace_from_layer",
 ]
 
 Reduction = Literal["mean", "last", "sum", "all"]
@@ -320,7 +327,8 @@ class _Phase:
         self.decoding = False
 
     def pre_hook(self, _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
+        # transformers ≥ 5.2x passes the KV cache as `cache`, earlier releases as `past_key_values`.
+        cache = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
         seen = 0
         if cache is not None:
             with contextlib.suppress(Exception):
@@ -571,3 +579,127 @@ def steer_rows(model: nn.Module, *, spec: ResolvedSpec | None = None) -> Iterato
         handles.append(sp.layer(model, li).register_forward_hook(hook))
     with _hooks(handles):
         yield rs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Replay from a layer: reuse everything below a steering layer across conditions
+
+
+@dataclass
+class LayerTrace:
+    """One forward pass seen from decoder layer ``layer`` upward: its output ``hidden [B, T, D]`` and the exact
+    arguments the model passed to every later decoder layer (attention masks, position embeddings, cache
+    positions — whatever this architecture uses), minus the hidden state and the KV cache."""
+
+    layer: int
+    hidden: Tensor
+    calls: list[tuple[int, tuple[Any, ...], dict[str, Any]]]
+    cache_key: str | None = None  # the keyword this model's layers take their KV cache by
+
+
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def cache_kwarg(module: nn.Module) -> str:
+    """The keyword ``module.forward`` takes a KV cache by: ``cache`` (transformers ≥ 5.2x), else
+    ``past_key_values`` (earlier releases and most custom models)."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return next((k for k in _CACHE_KWARGS if k in params), "past_key_values")
+
+
+@contextlib.contextmanager
+def trace_from_layer(model: nn.Module, layer: int, *, spec: ResolvedSpec | None = None
+                     ) -> Iterator[list[LayerTrace]]:
+    """Record, for every forward pass in the block, layer ``layer``'s output and the calls of the layers after it
+    (one :class:`LayerTrace` per forward, appended to the yielded list) for :func:`replay_from_layer`."""
+    sp = _spec(model, spec)
+    li = sp.check_layer(layer)
+    traces: list[LayerTrace] = []
+    handles = []
+
+    def out_hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        traces.append(LayerTrace(layer=li, hidden=_hidden(out).detach(), calls=[]))
+
+    handles.append(sp.layer(model, li).register_forward_hook(out_hook))
+    for j in range(li + 1, sp.n_layers):
+        def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], j: int = j) -> None:
+            kw = {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS and k != "hidden_states"}
+            tr = traces[-1]
+            if tr.cache_key is None:
+                tr.cache_key = next((k for k in _CACHE_KWARGS if k in kwargs), None)
+            tr.calls.append((j, tuple(args[1:]), kw))
+        handles.append(sp.layer(model, j).register_forward_pre_hook(pre, with_kwargs=True))
+    with _hooks(handles):
+        yield traces
+
+
+def can_replay(model: nn.Module, *, spec: ResolvedSpec | None = None) -> bool:
+    """Whether :func:`replay_from_layer` reproduces this model's logits: decoder layers called one after the
+    other, logits = unembed(final_norm(h)) (plus Gemma-style soft-capping); encoder-decoder or exotic heads no."""
+    sp = _spec(model, spec)
+    try:
+        _get(model, sp.arch.final_norm)
+        _get(model, sp.arch.unembed)
+    except AttributeError:
+        return False
+    return sp.arch.family not in ("gpt2",) and not getattr(model.config, "is_encoder_decoder", False)
+
+
+def replay_from_layer(model: nn.Module, trace: LayerTrace, hidden: Tensor, *, cache: Any = None,
+                      positions: Tensor | slice | None = None, spec: ResolvedSpec | None = None) -> Tensor:
+    """Run the decoder layers after ``trace.layer`` on ``hidden`` (the layer's output, e.g. ``trace.hidden +
+    delta``) with the arguments the traced forward used, then the final norm and the unembedding → logits
+    ``[B, T', V]`` at ``positions`` (default all; a slice such as ``slice(-1, None)`` saves work).
+
+    ``cache``: a KV cache object whose layers after ``trace.layer`` this pass fills (or extends); the layers up to
+    ``trace.layer`` are never run, so their entries are not needed. Exact: with ``hidden = trace.hidden`` it gives
+    the traced forward's logits; with ``trace.hidden + δ`` what a steering hook adding δ at that layer gives
+    (tested to float32 round-off), at ``(L − layer − 1) / L`` of the cost.
+    """
+    sp = _spec(model, spec)
+    h = hidden
+    for j, args, kwargs in trace.calls:
+        kw = dict(kwargs)
+        if cache is not None:
+            kw[trace.cache_key or cache_kwarg(sp.layer(model, j))] = cache
+        if "use_cache" in kw:
+            kw["use_cache"] = cache is not None
+        out = sp.layer(model, j)(h, *args, **kw)
+        h = _hidden(out)
+    if positions is not None:
+        h = h[:, positions]
+    h = _get(model, sp.arch.final_norm)(h)
+    logits = _get(model, sp.arch.unembed)(h)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def new_cache(model: nn.Module) -> Any:
+    """An empty KV cache of the kind ``model`` builds itself (sliding-window layers included)."""
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def steer_delta(interventions: Sequence[Intervention], d_model: int) -> tuple[int, Tensor] | None:
+    """``(layer, δ)`` when ``interventions`` are only activation additions at one layer on every position (what
+    :func:`replay_from_layer` can reproduce by adding δ to the traced residual); None otherwise. δ is ``[D]`` or
+    ``[B, D]``, float32."""
+    layers: set[int] = set()
+    delta: Tensor | None = None
+    for iv in interventions:
+        if not isinstance(iv, Steer) or iv.positions != "all" or len(iv.layers) != 1:
+            return None
+        layers.add(int(iv.layers[0]))
+        v = _as_vec(iv.vector, d_model, "steering vector").detach().to(torch.float32) * float(iv.alpha)
+        delta = v if delta is None else delta + v
+    if len(layers) != 1 or delta is None:
+        return None
+    return layers.pop(), delta

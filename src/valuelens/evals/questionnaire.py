@@ -33,11 +33,12 @@ from ..hooks import Intervention
 from ..models import NO_SYSTEM, LoadedModel
 from ..values import VALUE_NAMES, get_value
 from .items import PVQ_SCORES, PVQItem, load_pvq, pvq_scale
-from .scoring import ScoreKind, option_logprobs, softmax
+from .scoring import ScoreKind, option_logprobs_conditions, softmax
 
 __all__ = [
     "SteeringEffect",
     "administer",
+    "administer_many",
     "expected_score",
     "item_prompt",
     "steering_effect",
@@ -72,6 +73,15 @@ def administer(lm: LoadedModel, items: Sequence[PVQItem] | None = None, lang: st
     ``score`` picks which log-probability is softmaxed (``"sum"``, the default, is the probability of the whole
     reply; see :mod:`valuelens.evals.scoring`).
     """
+    return administer_many(lm, items, lang, {"_": interventions}, system, batch_size=batch_size, score=score)["_"]
+
+
+def administer_many(lm: LoadedModel, items: Sequence[PVQItem] | None, lang: str,
+                    conditions: Mapping[str, Sequence[Intervention]], system: str = NO_SYSTEM, *,
+                    batch_size: int = 8, score: ScoreKind = "sum") -> dict[str, list[dict[str, Any]]]:
+    """:func:`administer` under several intervention sets (``{name: interventions}``) in one go: the unsteered
+    passes are shared and every single-layer steer only reruns the layers above its layer
+    (:func:`valuelens.evals.scoring.option_logprobs_conditions`). Same records as one :func:`administer` each."""
     question, options = pvq_scale(lang)
     if items is None:
         items = load_pvq(lang)
@@ -82,18 +92,21 @@ def administer(lm: LoadedModel, items: Sequence[PVQItem] | None = None, lang: st
     if wrong:
         raise ConfigError(f"items are in {', '.join(wrong)} but the scale language is {lang!r}; pass lang=...")
     rendered = [lm.chat.render(item_prompt(it, question), system) for it in items]
-    lps = option_logprobs(lm, rendered, [list(options)] * len(items), batch_size=batch_size,
-                          interventions=interventions)
-    out = []
-    for it, rp, lp in zip(items, rendered, lps, strict=True):
-        p = softmax(lp.get(score))
-        k = int(np.argmax(p))
-        out.append({
-            "id": it.id, "value": it.value, "lang": it.lang, "prompt": rp.text, "system_mode": rp.system_mode,
-            "options": list(options), "logprob_sum": lp.sum.tolist(), "logprob_mean": lp.mean.tolist(),
-            "probs": p.tolist(), "expected": expected_score(p), "answer": options[k],
-            "answer_score": int(PVQ_SCORES[k]),
-        })
+    by_cond = option_logprobs_conditions(lm, rendered, [list(options)] * len(items), conditions,
+                                         batch_size=batch_size)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, lps in by_cond.items():
+        recs = []
+        for it, rp, lp in zip(items, rendered, lps, strict=True):
+            p = softmax(lp.get(score))
+            k = int(np.argmax(p))
+            recs.append({
+                "id": it.id, "value": it.value, "lang": it.lang, "prompt": rp.text, "system_mode": rp.system_mode,
+                "options": list(options), "logprob_sum": lp.sum.tolist(), "logprob_mean": lp.mean.tolist(),
+                "probs": p.tolist(), "expected": expected_score(p), "answer": options[k],
+                "answer_score": int(PVQ_SCORES[k]),
+            })
+        out[name] = recs
     return out
 
 
@@ -167,8 +180,9 @@ def steering_effect(lm: LoadedModel, items: Sequence[PVQItem] | None,
     base = value_scores(base_res)
     results = {"baseline": base_res}
     rows: list[dict[str, Any]] = []
-    for name, ivs in conditions.items():
-        res = administer(lm, items, lang, ivs, system, batch_size=batch_size, score=score)
+    many = administer_many(lm, items, lang, conditions, system, batch_size=batch_size, score=score)
+    for name in conditions:
+        res = many[name]
         results[name] = res
         steered = value_scores(res)
         delta = {v: steered[v] - base[v] for v in base}
