@@ -688,11 +688,13 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool, device: torch
 
     _check_gguf(path)
     digest = _hash_cached(path)
-    if check_memory and device_map is None:
-        n_bytes = _gguf_weight_bytes(path) // 4 * torch.empty((), dtype=dtype).element_size()
-        _check_fits(path.name, n_bytes, device, dtype)
     cdir = cache_dir() / "models" / digest[:24]
     marker = cdir / "valuelens-cache.json"
+    if check_memory and device_map is None:
+        # float32 bytes: the cached safetensors copy's size (instant), else the GGUF's tensor shapes (seconds).
+        fp32 = (sum(f.stat().st_size for f in cdir.glob("*.safetensors")) if marker.is_file()
+                else _gguf_weight_bytes(path))
+        _check_fits(path.name, fp32 // 4 * torch.empty((), dtype=dtype).element_size(), device, dtype)
     offload = cache_dir() / "offload" / digest[:24]
     if use_cache and marker.is_file():
         try:

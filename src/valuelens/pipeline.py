@@ -61,7 +61,9 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool | str = "auto", q
 
 def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = None,
                  extract_overrides: dict[str, Any] | None = None, analyze_overrides: dict[str, Any] | None = None,
-                 data_dir: str | None = None) -> Path:
+                 data_dir: str | None = None, ray_address: str | None = None) -> Path:
+    """``ray_address``: run the extract stages as Ray tasks (``"local"``: start a local Ray instance; else the
+    address of a cluster) — same records and vectors as one process (valuelens.distributed)."""
     out = Path(out)
     t0 = time.time()
     ex = dict(extract_overrides or {})
@@ -88,9 +90,16 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         ex.setdefault("label_mode", "rank")
         ecfg = ExtractConfig.from_dict(ex)
         acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
-    lm = load_model(ecfg.model)
+    # With Ray the workers load the model; this process loads it only after them (it would hold a GPU).
+    lm = load_model(ecfg.model) if ray_address is None else None
     t = time.time()
-    run_extract(out, ecfg, lm=lm)
+    if ray_address is not None:
+        from .distributed import RayOptions, run_extract_ray
+
+        run_extract_ray(out, ecfg, opts=RayOptions(address=ray_address))
+        lm = load_model(ecfg.model)
+    else:
+        run_extract(out, ecfg, lm=lm)
     timings["extract"] = round(time.time() - t, 1)
     t = time.time()
     run_analyze(out, acfg, lm=lm)

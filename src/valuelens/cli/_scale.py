@@ -1,4 +1,5 @@
-"""Options shared by the stage commands for running at scale: ``--device``, ``--dtype``, ``--device-map``.
+"""Options shared by the stage commands for running at scale: ``--device``, ``--dtype``, ``--device-map``,
+``--ray [ADDRESS]``.
 
 They set ``$VALUELENS_DEVICE``, ``$VALUELENS_DTYPE`` and ``$VALUELENS_DEVICE_MAP``, which
 :func:`valuelens.models.load_model` reads whenever it is not told otherwise — so every stage that loads a model,
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["apply_device_options", "device_options"]
+__all__ = ["apply_device_options", "device_options", "ray_option"]
 
 
 def apply_device_options(device: str | None, dtype: str | None, device_map: str | None) -> None:
@@ -62,3 +63,12 @@ def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(options):
         wrapper = opt(wrapper)
     return wrapper
+
+
+def ray_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ray [ADDRESS]`` → the command's ``ray_address`` argument: None (no Ray), ``"local"`` (``--ray``
+    alone: start a local Ray instance) or the cluster address."""
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+                        metavar="[ADDRESS]",
+                        help="Run the work units as Ray tasks: a local Ray instance, or the cluster at ADDRESS "
+                             "(host:port or ray://host:port). Needs pip install 'valuelens[ray]'.")(f)
