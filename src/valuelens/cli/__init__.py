@@ -28,7 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("valuelens.cli.stages:report_cmd", "Render a run folder as one self-contained report.html."),
     "export-vector": ("valuelens.cli.stages:export_vector_cmd", "Export a value vector as a llama.cpp GGUF."),
     "detect": ("valuelens.cli.detect:detect", "Value detector: download, train, evaluate, compare, predict."),
-    "serve": ("valuelens.cli.serve:serve_cmd", "Serve a GGUF model as an OpenAI-compatible endpoint on loopback."),
+    "serve": ("valuelens.cli.serve:serve_cmd", "OpenAI-compatible endpoint: a steered HF model, or llama.cpp for a GGUF."),
+    "lm-eval": ("valuelens.cli.serve:lm_eval_cmd", "lm-evaluation-harness with the valuelens model and shipped tasks."),
+    "pack": ("valuelens.cli.vectors:pack_cmd", "A run's vectors as a shareable folder: safetensors, config, model card."),
+    "push": ("valuelens.cli.vectors:push_cmd", "Upload a run's (or a vector folder's) vectors to the Hugging Face Hub."),
+    "convert": ("valuelens.cli.vectors:convert_cmd", "Convert vectors to/from repeng GGUF and steering-vectors."),
 }
 
 
