@@ -68,7 +68,8 @@ class RayOptions:
     ``shards``: generate/activation tasks per stage (default: one per worker slot — GPUs if the cluster has
     any, else CPUs — so every slot is busy; more shards balance better, and the result does not depend on it).
     ``num_cpus`` / ``num_gpus``: per model task (``num_gpus`` None: 1 when the cluster has GPUs, else 0).
-    ``local_cpus``: CPUs a local instance may use (default: all). ``max_retries``: per task, after a worker dies.
+    ``local_cpus``: CPUs a local instance may use (default: ``$VALUELENS_RAY_CPUS``, else all).
+    ``max_retries``: per task, after a worker dies.
     """
 
     address: str | None = None
@@ -141,7 +142,8 @@ def connect(opts: RayOptions) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"runtime_env": _runtime_env(), "log_to_driver": False,
                               "include_dashboard": False, "configure_logging": False}
     if opts.local:
-        kwargs.update(address="local", num_cpus=opts.local_cpus or os.cpu_count() or 1,
+        cpus = opts.local_cpus or int(os.environ.get("VALUELENS_RAY_CPUS") or 0) or os.cpu_count() or 1
+        kwargs.update(address="local", num_cpus=cpus,
                       object_store_memory=256 * 2**20)  # only small results travel through it
     else:
         assert opts.address is not None
