@@ -157,7 +157,7 @@ def test_steering_vectors_round_trip_and_same_steering(tmp_path: Path, art: Vect
     model = tiny_llama(seed=2)
     ids = torch.randint(3, 100, (2, 7))
     with torch.no_grad():
-        with apply_interventions(model, [art.steer("Benevolence", "prompted", 0.3, layer=l) for l in (1, 2)]):
+        with apply_interventions(model, [art.steer("Benevolence", "prompted", 0.3, layer=k) for k in (1, 2)]):
             want = model(ids).logits
         with sv.apply(model, multiplier=0.3):  # their multiplier = our relative α
             got = model(ids).logits
