@@ -33,8 +33,8 @@ def test_every_stage_wrote_its_tables_and_figures(quick_run):
     for f in ["manifest.json", "manifest-analyze.json", "manifest-run.json", "vectors.safetensors",
               "tables/judge_counts.csv", "tables/vectors_by_layer.csv", "tables/compliance_by_layer.csv",
               "figures/cosine_by_layer.png", "figures/norms_by_layer.png", "figures/shared_axis_cosines.png",
-              "analyze/capability/tables/residual_norms.csv", "analyze/capability/tables/alpha_sweep.csv",
-              "analyze/capability/figures/alpha_sweep.png",
+              "analyze/capability/tables/residual_norms.csv", "analyze/capability/tables/guard.csv",
+              "analyze/capability/figures/guard.png", "analyze/capability/tables/mc_items.csv",
               "analyze/neurons/tables/neurons.csv", "analyze/neurons/tables/neuron_counts.png",
               "analyze/questionnaire/tables/mean_effect_en.csv", "analyze/questionnaire/figures/steering_effect_en.png",
               "analyze/steering/tables/expression_rates.csv", "analyze/diversity/tables/diversity.csv",
@@ -69,9 +69,11 @@ def test_questionnaire_has_controls(quick_run):
     assert {"intrinsic", "prompted", "intrinsic_orth", "prompted_orth", "shared", "combined", "random",
             "ablate_shared", "ablate_random", "neurons_shared", "neurons_random"} <= set(df["condition"])
     cap = json.loads((quick_run / "analyze/capability/summary.json").read_text())
-    assert cap["alpha"] in (0.05, 0.1) and isinstance(cap["guard_exceeded"], bool)
-    sweep = pd.read_csv(quick_run / "analyze/capability/tables/alpha_sweep.csv")
-    assert sweep["direction"].nunique() == 2 * len(cap["guard_values"]) >= 2  # v_int and v_prompt of each
+    assert cap["alpha"] in (0.02, 0.1, 0.4) and isinstance(cap["guard_exceeded"], bool)
+    sweep = pd.read_csv(quick_run / "analyze/capability/tables/guard.csv")
+    # v_int and v_prompt of each guarded value, and the random control, at every α, with CIs
+    assert sweep["direction"].nunique() == 2 * len(cap["guard_values"]) + 1 >= 3
+    assert (sweep["mc_loss_ci_low"] <= sweep["mc_loss"]).all() and sweep["ppl_increase"].notna().all()
 
 
 def test_dose_response_spans_the_guard_with_a_random_control(quick_run):
@@ -79,9 +81,9 @@ def test_dose_response_spans_the_guard_with_a_random_control(quick_run):
 
     cap = json.loads((quick_run / "analyze/capability/summary.json").read_text())
     df = pd.read_csv(quick_run / "analyze/dose/tables/dose_response.csv")
-    assert set(df["kind"]) == {"prompted", "random"} and sorted(set(df["alpha"])) == [0.05, 0.4]
+    assert set(df["kind"]) == {"prompted", "random"} and sorted(set(df["alpha"])) == [0.02, 0.1, 0.4]  # guard grid
     assert (df["beyond_guard"] == (df["alpha"] > cap["alpha"] + 1e-12)).all()
-    assert 1 <= df["target"].nunique() <= 2 and len(df) == 4 * df["target"].nunique()  # 2 kinds × 2 α
+    assert 1 <= df["target"].nunique() <= 2 and len(df) == 6 * df["target"].nunique()  # 2 kinds × 3 α
     findings = {f["id"]: f for f in json.loads((quick_run / "findings.json").read_text())["findings"]}
     assert findings["dose-response"]["status"] in ("reproduced", "not detected", "contradicted")
     assert findings["dose-response"]["n"] == 2 * df["target"].nunique()  # 2 items per value

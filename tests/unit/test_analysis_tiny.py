@@ -103,3 +103,29 @@ def test_the_extending_example_section_runs(tiny_run: Path, lm, tmp_path: Path) 
         assert "Norms of the value vectors" in build_report(run).read_text()
     finally:
         unregister_section("norm_ratio")
+
+
+def test_capability_guard_sweeps_alpha_with_continuous_costs(tiny_run: Path, lm, tmp_path: Path) -> None:
+    import pandas as pd
+
+    run = tmp_path / "guard"
+    shutil.copytree(tiny_run, run)
+    cfg = AnalyzeConfig.from_dict({"sections": ["capability"], "alphas": [0.01, 0.1, 1.0, 4.0], "mc_items": 12,
+                                   "ppl_tokens": 256, "guard_values": 1})
+    findings = {f["id"]: f for f in run_analyze(run, cfg, lm=lm, log=None)}
+    s = json.loads((run / "analyze" / "capability" / "summary.json").read_text())
+    curves = pd.read_csv(run / "analyze" / "capability" / "tables" / "guard.csv")
+    first = s["guard_values"][0]  # the first value with both vectors, in circumplex order
+    assert set(curves["direction"]) == {f"{first}/prompted", f"{first}/intrinsic", "random"}
+    assert sorted(curves["alpha"].unique()) == [0.01, 0.1, 1.0, 4.0]
+    for col in ("mc_loss", "ppl_increase"):
+        assert (curves[f"{col}_ci_low"] <= curves[col] + 1e-12).all() and (curves[col] <= curves[f"{col}_ci_high"]
+                                                                            + 1e-12).all()
+    # The effect on capability grows with α (a random model may even get better: the size, not the sign).
+    for _d, g in curves.groupby("direction"):
+        g = g.set_index("alpha")
+        assert abs(g.loc[4.0, "ppl_increase"]) > 5 * abs(g.loc[0.01, "ppl_increase"])
+        assert abs(g.loc[0.01, "ppl_increase"]) < 0.01  # a 1 % push barely changes anything
+    assert s["alpha"] in (0.01, 0.1, 1.0, 4.0) and s["alpha"] < 4.0
+    assert findings["capability-guard"]["status"] in STATUSES and findings["capability-guard"]["n"] == 12
+    assert (run / "analyze" / "capability" / "figures" / "guard.png").stat().st_size > 1000

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from valuelens.evals.scoring import option_logprobs, option_logprobs_conditions
-from valuelens.hooks import Ablate, Steer, add_vectors, new_cache, replay_from_layer, steer_delta, trace_from_layer
+from valuelens.hooks import (
+    Ablate,
+    Steer,
+    add_vectors,
+    new_cache,
+    replay_from_layer,
+    steer_delta,
+    trace_from_layer,
+)
 from valuelens.models import get_arch_spec
 from valuelens.testing import tiny_chat_lm, tiny_llama, tiny_qwen2
 

@@ -26,7 +26,9 @@ FINDINGS_SCHEMA = 2
 
 
 def _log_default(msg: str) -> None:
-    print(msg, flush=True)
+    from ..progress import log
+
+    log(msg)
 
 
 def derive_findings(run_dir: str | Path) -> list[dict[str, Any]]:

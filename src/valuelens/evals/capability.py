@@ -37,6 +37,7 @@ eligible, and keeps going (the sweep table says why). :func:`assert_produces_tex
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from ..hooks import (
 )
 from ..models import NO_SYSTEM, LoadedModel
 from .items import MCItem, load_capability_mc, load_heldout_text
-from .scoring import ScoreKind, option_logprobs
+from .scoring import ScoreKind, option_logprobs, option_logprobs_conditions
 
 __all__ = [
     "AlphaChoice",
@@ -66,6 +67,8 @@ __all__ = [
     "choose_alpha",
     "mc_accuracy",
     "mc_answers",
+    "mc_answers_many",
+    "nll_windows",
     "perplexity",
     "produces_text",
     "random_direction_like",
@@ -170,6 +173,86 @@ def mc_answers(lm: LoadedModel, items: Sequence[MCItem] | None = None,
         out.append({"id": it.id, "prediction": k, "answer": it.answer, "correct": k == it.answer,
                     "probs": p.tolist()})
     return out
+
+
+def mc_answers_many(lm: LoadedModel, items: Sequence[MCItem] | None,
+                    conditions: Mapping[str, Sequence[Intervention]], *, system: str = NO_SYSTEM,
+                    batch_size: int = 8, score: ScoreKind = "sum") -> dict[str, list[dict[str, Any]]]:
+    """:func:`mc_answers` under several intervention sets at once (shared unsteered passes, single-layer steers
+    replayed from their layer: :func:`valuelens.evals.scoring.option_logprobs_conditions`). Each record also has
+    ``p_correct``, the probability of the right answer among the options — a continuous accuracy whose mean moves
+    in steps far finer than one item."""
+    items = load_capability_mc() if items is None else list(items)
+    if not items:
+        raise ConfigError("no multiple-choice items given")
+    prompts = [lm.chat.render(it.question, system) for it in items]
+    by = option_logprobs_conditions(lm, prompts, [list(it.options) for it in items], conditions,
+                                    batch_size=batch_size)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, lps in by.items():
+        recs = []
+        for it, lp in zip(items, lps, strict=True):
+            p = lp.probs(score)
+            k = int(np.argmax(p))
+            recs.append({"id": it.id, "prediction": k, "answer": it.answer, "correct": k == it.answer,
+                         "p_correct": float(p[it.answer]), "probs": p.tolist()})
+        out[name] = recs
+    return out
+
+
+def nll_windows(lm: LoadedModel, conditions: Mapping[str, Sequence[Intervention]], text: str | None = None, *,
+                window: int = 128, max_tokens: int | None = 4096, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Held-out language-modelling loss under each intervention set: ``{name: [n_windows, 2]}`` rows of
+    (summed NLL, tokens scored) per non-overlapping window of ``text`` (default: the shipped held-out prose, its
+    first ``max_tokens`` tokens). Perplexity = exp(ΣNLL / Σtokens); the windows are the units a CI resamples.
+
+    Single-layer steers are replayed from their layer on the traced unsteered pass (exact, cheaper); anything else
+    runs the model under its interventions. A non-finite log-probability gives ``inf`` for that window.
+    """
+    from ..hooks import can_replay, replay_from_layer, steer_delta, trace_from_layer
+
+    text = load_heldout_text() if text is None else text
+    ids = list(lm.tokenizer(text, add_special_tokens=False).input_ids)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < window:
+        raise ConfigError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
+    wins = [ids[s:s + window] for s in range(0, len(ids) - window + 1, window)]
+    fast: dict[str, tuple[int, torch.Tensor]] = {}
+    if can_replay(lm.model, spec=lm.spec):
+        for name, ivs in conditions.items():
+            sd = steer_delta(ivs, lm.spec.d_model) if ivs else None
+            if sd is not None and sd[1].ndim == 1:
+                fast[name] = (lm.spec.check_layer(sd[0]), sd[1])
+    layers = sorted({layer for layer, _ in fast.values()})
+    out: dict[str, list[list[float]]] = {n: [] for n in conditions}
+
+    def nll(logits: torch.Tensor, x: torch.Tensor) -> list[list[float]]:
+        lg = logits[:, :-1].float()
+        lp = lg.gather(-1, x[:, 1:, None])[..., 0] - torch.logsumexp(lg, dim=-1)  # [B, T-1]
+        tot = -lp.sum(dim=1)
+        return [[float(t) if torch.isfinite(t) else math.inf, float(x.shape[1] - 1)] for t in tot]
+    model, dev = lm.model, lm.device
+    with torch.no_grad():
+        for b in range(0, len(wins), batch_size):
+            x = torch.tensor(wins[b:b + batch_size], dtype=torch.long, device=dev)
+            with contextlib.ExitStack() as stack:
+                traces = {layer: stack.enter_context(trace_from_layer(model, layer, spec=lm.spec)) for layer in layers}
+                base = model(input_ids=x, use_cache=False).logits if (
+                    layers or any(not ivs for ivs in conditions.values())) else None
+            for name, ivs in conditions.items():
+                if not ivs and base is not None:
+                    out[name] += nll(base, x)
+                elif name in fast:
+                    layer, delta = fast[name]
+                    t = traces[layer][0]
+                    logits = replay_from_layer(model, t, t.hidden + delta.to(t.hidden.device, t.hidden.dtype),
+                                               spec=lm.spec)
+                    out[name] += nll(logits, x)
+                else:
+                    with apply_interventions(model, ivs, spec=lm.spec):
+                        out[name] += nll(model(input_ids=x, use_cache=False).logits, x)
+    return {n: np.asarray(v, dtype=np.float64) for n, v in out.items()}
 
 
 def mc_accuracy(lm: LoadedModel, items: Sequence[MCItem] | None = None,
