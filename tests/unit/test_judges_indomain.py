@@ -28,6 +28,8 @@ from valuelens.judges.indomain import (
     ThresholdedJudge,
     _auc,
     _best_threshold,
+    _percentile,
+    calibrate_judge,
     evaluate_judge,
     evaluate_result,
     load_chat_answers,
@@ -242,6 +244,20 @@ class ConstantJudge(Judge):
                            valid=np.ones(sc.shape, dtype=bool))
 
 
+class BiasedJudge(KeywordJudge):
+    """The keyword judge with Universalism's score raised for every text (as the detector's is on chat text)."""
+
+    name = "biased"
+
+    def judge_batch(self, texts, values, contexts=None):
+        res = super().judge_batch(texts, values, contexts)
+        j = [v.name for v in values].index("Universalism") if any(v.name == "Universalism" for v in values) else None
+        if j is not None:
+            res.scores[:, j] = 0.8 + 0.2 * res.scores[:, j]  # above any other value's (at most 0.75)
+            res.labels[:, j] = True
+        return res
+
+
 class ContextJudge(Judge):
     """Labels value s when the *question* (context) contains one of its keywords; records what it was given."""
 
@@ -430,6 +446,44 @@ def test_thresholded_judge_edges():
     assert tj.describe()["thresholds"] == {"Power": 1.5}
 
 
+def test_percentile():
+    ref = np.array([0.0, 0.0, 0.2, 0.4])
+    got = _percentile(ref, np.array([-1.0, 0.0, 0.1, 0.4, 0.9, np.nan]))
+    assert got[:5].tolist() == pytest.approx([0.0, 0.25, 0.5, 0.875, 1.0]) and np.isnan(got[5])
+
+
+def test_calibration_makes_values_comparable():
+    """A judge that scores one value high on every text names it first everywhere; dev percentiles undo that."""
+    raw = evaluate_judge(BiasedJudge(), "test", n_boot=0)
+    n_univ = sum(a.primary == "Universalism" for a in load_chat_answers("test"))
+    assert raw["top1_pick_rate"]["Universalism"] == 1.0
+    assert raw["in_domain_top1"] == pytest.approx(n_univ / raw["n_top1"], abs=1e-4)
+    cal = calibrate_judge(BiasedJudge(), "dev")
+    assert cal.thresholds == tune_thresholds(BiasedJudge(), "dev")
+    fixed = evaluate_judge(cal, "test", n_boot=0)
+    plain = evaluate_judge(KeywordJudge(), "test", n_boot=0)
+    assert fixed["top1_pick_rate"]["Universalism"] < 0.3
+    assert fixed["in_domain_top1"] > raw["in_domain_top1"] + 0.1
+    assert fixed["in_domain_top1"] >= plain["in_domain_top1"] - 0.05
+    # The tuned threshold stops Universalism being said of every answer.
+    assert fixed["per_value"]["Universalism"]["yes_rate"] < 0.5 < raw["per_value"]["Universalism"]["yes_rate"]
+    assert fixed["judge"]["name"] == "biased+calibrated" and fixed["judge"]["scores"] == "dev percentile"
+
+
+def test_calibration_round_trip(tmp_path):
+    cal = calibrate_judge(KeywordJudge(), "dev")
+    d = json.loads(json.dumps(cal.to_dict()))
+    again = ThresholdedJudge.from_dict(KeywordJudge(), d)
+    texts = [a.answer for a in load_chat_answers("test")[:40]]
+    a, b = cal.judge(texts), again.judge(texts)
+    assert (a.labels == b.labels).all() and np.allclose(a.scores, b.scores)
+    assert len(d["reference"]["Power"]) == len(load_chat_answers("dev"))
+    with pytest.raises(DataError, match="needs a 'thresholds' object"):
+        ThresholdedJudge.from_dict(KeywordJudge(), {"reference": {}})
+    with pytest.raises(DataError, match="judge calibration: unknown value 'Kindness'"):
+        ThresholdedJudge.from_dict(KeywordJudge(), {"thresholds": {"Kindness": 0.5}})
+
+
 # ------------------------------------------------------------------------------------------ prompted responses
 
 
@@ -503,7 +557,7 @@ def test_cli(tmp_path, capsys):
     assert main(["--judge", "lexicon", "--tune", "--n-boot", "50", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == rep
-    assert set(rep) == {"in_domain", "thresholds", "in_domain_tuned"}
+    assert set(rep) == {"in_domain", "thresholds", "in_domain_tuned", "in_domain_calibrated"}
     assert main(["--judge", "nosuch"]) == 2
     assert "unknown judge 'nosuch'" in capsys.readouterr().err
     assert main(["--judge", "lexicon", "--model", "x"]) == 2

@@ -30,6 +30,8 @@ statistic on each resample.
 :func:`tune_thresholds` picks, per value, the score threshold that maximises that value's F1 on the dev split,
 and :class:`ThresholdedJudge` applies such thresholds to any judge, so its binary labels can be recalibrated
 for chat text without retraining (``evaluate_judge(ThresholdedJudge(judge, th))`` scores the result on test).
+:func:`calibrate_judge` does that and also replaces each value's score by its percentile among the dev answers'
+scores, which makes scores comparable across values (what top-1 needs).
 
 Command line (prints JSON; ``--out`` writes it atomically)::
 
@@ -55,7 +57,8 @@ from ..errors import ConfigError, DataError
 from ..values import VALUE_NAMES, SchwartzValue, get_value, resolve_values
 from .base import Judge, JudgeResult
 
-__all__ = ["CHAT_ANSWERS_FILE", "ChatAnswer", "ThresholdedJudge", "evaluate_judge", "evaluate_result",
+__all__ = ["CHAT_ANSWERS_FILE", "ChatAnswer", "ThresholdedJudge", "calibrate_judge", "evaluate_judge",
+           "evaluate_result",
            "load_chat_answers", "prompted_top1", "tie_aware_top1", "tune_thresholds"]
 
 CHAT_ANSWERS_FILE = "chat_answers.jsonl"
@@ -378,6 +381,22 @@ def _best_threshold(score: np.ndarray, gold: np.ndarray, default: float = 0.5) -
     return float(cands[best[np.argmin(np.abs(cands[best] - default))]])
 
 
+def _dev_pass(judge: Judge, split: str, answers: Sequence[ChatAnswer] | None, use_context: bool, default: float,
+              batch: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """One judging pass over ``split``: F1-optimal thresholds and the sorted finite scores, per value."""
+    items = list(answers) if answers is not None else load_chat_answers(split)
+    res = _judge_texts(judge, [a.answer for a in items], resolve_values(None),
+                       [a.question for a in items] if use_context else None, batch)
+    thresholds: dict[str, float] = {}
+    reference: dict[str, list[float]] = {}
+    for j, v in enumerate(res.values):
+        gold = np.array([v.name in a.values for a in items], dtype=bool)
+        sc = np.where(res.valid[:, j], res.scores[:, j], np.nan)
+        thresholds[v.name] = round(_best_threshold(sc, gold, default), 6)
+        reference[v.name] = [round(float(x), 6) for x in np.sort(sc[np.isfinite(sc)])]
+    return thresholds, reference
+
+
 def tune_thresholds(judge: Judge, split: str = "dev", *, answers: Sequence[ChatAnswer] | None = None,
                     use_context: bool = False, default: float = 0.5, batch: int = 256) -> dict[str, float]:
     """Per-value score thresholds that maximise each value's F1 on the chat answers of ``split`` (dev).
@@ -385,29 +404,46 @@ def tune_thresholds(judge: Judge, split: str = "dev", *, answers: Sequence[ChatA
     Apply them with :class:`ThresholdedJudge`; score the result on the *test* split. A judge without scores
     (NaN) keeps ``default``.
     """
-    items = list(answers) if answers is not None else load_chat_answers(split)
-    values = resolve_values(None)
-    res = _judge_texts(judge, [a.answer for a in items], values,
-                       [a.question for a in items] if use_context else None, batch)
-    out: dict[str, float] = {}
-    for j, v in enumerate(res.values):
-        gold = np.array([v.name in a.values for a in items], dtype=bool)
-        sc = np.where(res.valid[:, j], res.scores[:, j], np.nan)
-        out[v.name] = round(_best_threshold(sc, gold, default), 6)
-    return out
+    return _dev_pass(judge, split, answers, use_context, default, batch)[0]
+
+
+def calibrate_judge(judge: Judge, split: str = "dev", *, answers: Sequence[ChatAnswer] | None = None,
+                    use_context: bool = False, default: float = 0.5, batch: int = 256) -> ThresholdedJudge:
+    """``judge`` recalibrated for chat text on ``split`` (dev): tuned thresholds *and* percentile scores.
+
+    Labels: value s is expressed when the base score ≥ the dev-tuned threshold (:func:`tune_thresholds`).
+    Scores: the base score's percentile among the dev answers' scores for s, so that scores of different
+    values become comparable — a judge whose raw scores are higher for one value on all chat text (the
+    detector and Universalism) no longer names that value first for every answer. One judging pass.
+    """
+    th, ref = _dev_pass(judge, split, answers, use_context, default, batch)
+    return ThresholdedJudge(judge, th, reference=ref)
+
+
+def _percentile(ref: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Mid-rank percentile of each ``s`` within the sorted ``ref`` (0 below all, 1 above all, NaN stays NaN)."""
+    lo = np.searchsorted(ref, s, side="left")
+    hi = np.searchsorted(ref, s, side="right")
+    return np.where(np.isnan(s), np.nan, (lo + hi) / (2.0 * len(ref)))
 
 
 class ThresholdedJudge(Judge):
     """Any judge with its binary labels recalibrated: value s is expressed when its score ≥ ``thresholds[s]``.
 
-    Scores are mapped piecewise-linearly so that 0.5 is the new threshold (as the detector judge does for its
-    own), which keeps each value's ranking; values without a threshold keep the base judge's labels and scores.
+    Scores: with ``reference`` (per value, the base judge's scores on reference texts — the dev answers, see
+    :func:`calibrate_judge`), the percentile of the base score among them; without, a piecewise-linear map
+    that puts the threshold at 0.5 (as the detector judge does for its own). Both keep each value's ranking.
+    Values without a threshold keep the base judge's labels and scores. :meth:`to_dict` / :meth:`from_dict`
+    store the calibration as plain JSON.
     """
 
-    def __init__(self, base: Judge, thresholds: Mapping[str, float]) -> None:
+    def __init__(self, base: Judge, thresholds: Mapping[str, float],
+                 reference: Mapping[str, Sequence[float]] | None = None) -> None:
         self.base = base
         self.thresholds = {get_value(k).name: float(t) for k, t in thresholds.items()}
-        self.name = f"{getattr(base, 'name', 'judge')}+thresholds"
+        self.reference = {get_value(k).name: np.sort(np.asarray(r, dtype=np.float64))
+                          for k, r in (reference or {}).items() if len(r)}
+        self.name = f"{getattr(base, 'name', 'judge')}+{'calibrated' if self.reference else 'thresholds'}"
 
     def judge_batch(self, texts: Sequence[str], values: Sequence[SchwartzValue],
                     contexts: Sequence[str] | None = None) -> JudgeResult:
@@ -419,18 +455,40 @@ class ThresholdedJudge(Judge):
             t = self.thresholds[v.name]
             s = scores[:, j]
             lab = s >= t
-            tc = min(max(t, 1e-6), 1 - 1e-6)
-            sc = np.clip(s, 0.0, 1.0)  # scores outside [0, 1] (none of ours) are clipped first
-            mapped = np.where(sc < tc, sc / (2 * tc), 0.5 + (sc - tc) / (2 * (1 - tc)))
-            # A threshold outside (0, 1) would let the map disagree with the label at the edge: the label wins.
-            mapped = np.where(lab, np.maximum(mapped, 0.5), np.minimum(mapped, 0.5 - 1e-9))
-            scores[:, j] = np.where(np.isnan(s), np.nan, mapped)
+            if v.name in self.reference:
+                scores[:, j] = _percentile(self.reference[v.name], s)
+            else:
+                tc = min(max(t, 1e-6), 1 - 1e-6)
+                sc = np.clip(s, 0.0, 1.0)  # scores outside [0, 1] (none of ours) are clipped first
+                mapped = np.where(sc < tc, sc / (2 * tc), 0.5 + (sc - tc) / (2 * (1 - tc)))
+                # A threshold outside (0, 1) would let the map disagree with the label at the edge: label wins.
+                mapped = np.where(lab, np.maximum(mapped, 0.5), np.minimum(mapped, 0.5 - 1e-9))
+                scores[:, j] = np.where(np.isnan(s), np.nan, mapped)
             labels[:, j] = np.where(np.isnan(s), labels[:, j], lab)
         return JudgeResult(values=res.values, labels=labels.astype(bool), scores=scores, valid=res.valid,
                            raw=res.raw)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": dict(self.thresholds),
+                "reference": {k: [float(x) for x in r] for k, r in self.reference.items()}}
+
+    @classmethod
+    def from_dict(cls, base: Judge, d: Mapping[str, Any]) -> ThresholdedJudge:
+        if not isinstance(d, Mapping) or not isinstance(d.get("thresholds"), Mapping):
+            raise DataError("a judge calibration needs a 'thresholds' object (value name → threshold)")
+        try:
+            return cls(base, d["thresholds"], d.get("reference") or None)
+        except ConfigError as exc:
+            raise DataError(f"judge calibration: {exc}") from None
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "base": self.base.describe(), "thresholds": dict(self.thresholds)}
+        import hashlib
+
+        ref = json.dumps(self.to_dict()["reference"], sort_keys=True).encode()
+        return {"name": self.name, "base": self.base.describe(), "thresholds": dict(self.thresholds),
+                "scores": "dev percentile" if self.reference else "piecewise-linear, 0.5 = threshold",
+                "reference_n": {k: len(r) for k, r in self.reference.items()},
+                "reference_sha256": hashlib.sha256(ref).hexdigest() if self.reference else None}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -554,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--judge", default="lexicon", help="lexicon, detector, llm (or any registered judge)")
     ap.add_argument("--model", help="detector folder, or the LLM judge's backend spec (local:smollm2, openai:URL#m)")
     ap.add_argument("--split", default="test", choices=["dev", "test", "all"])
-    ap.add_argument("--tune", action="store_true", help="also tune per-value thresholds on dev, score them on test")
+    ap.add_argument("--tune", action="store_true",
+                    help="also calibrate on dev (thresholds; percentile scores) and score that on test")
     ap.add_argument("--run", help="a run folder: also the prompted top-1 (its own judgments, and this judge's)")
     ap.add_argument("--context", action="store_true", help="give the judge each question as context")
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -566,14 +625,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         report: dict[str, Any] = {"in_domain": evaluate_judge(judge, args.split, use_context=args.context,
                                                               n_boot=args.n_boot, seed=args.seed)}
         if args.tune:
-            th = tune_thresholds(judge, "dev", use_context=args.context)
-            report["thresholds"] = th
-            report["in_domain_tuned"] = evaluate_judge(ThresholdedJudge(judge, th), args.split,
+            cal = calibrate_judge(judge, "dev", use_context=args.context)
+            report["thresholds"] = cal.thresholds
+            # Thresholds alone (scores mapped piecewise), then thresholds + dev-percentile scores.
+            report["in_domain_tuned"] = evaluate_judge(ThresholdedJudge(judge, cal.thresholds), args.split,
                                                        use_context=args.context, n_boot=args.n_boot,
                                                        seed=args.seed)
+            report["in_domain_calibrated"] = evaluate_judge(cal, args.split, use_context=args.context,
+                                                            n_boot=args.n_boot, seed=args.seed)
         if args.run:
             report["prompted_run_judge"] = prompted_top1(args.run, n_boot=args.n_boot, seed=args.seed)
             report["prompted"] = prompted_top1(args.run, judge, n_boot=args.n_boot, seed=args.seed)
+            if args.tune:
+                report["prompted_calibrated"] = prompted_top1(args.run, cal, n_boot=args.n_boot, seed=args.seed)
     except ValuelensError as exc:
         print(f"valuelens: {exc}", file=sys.stderr)
         return 2
