@@ -92,6 +92,12 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
     # With Ray the workers load the model; this process loads it only after them (it would hold a GPU).
     lm = load_model(ecfg.model) if ray_address is None else None
+    if not (out / "items.jsonl").exists():
+        from .estimate import estimate_extract
+        from .progress import log as _log
+
+        # A fresh run: what it will cost (measured on this device for long runs; counts only with Ray).
+        _log(estimate_extract(ecfg, lm, warmup=None if lm is not None else False)[0].text())
     t = time.time()
     if ray_address is not None:
         from .distributed import RayOptions, run_extract_ray

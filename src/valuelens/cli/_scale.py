@@ -1,5 +1,5 @@
 """Options shared by the stage commands for running at scale: ``--device``, ``--dtype``, ``--device-map``,
-``--ray [ADDRESS]``.
+``--ray [ADDRESS]``, ``--dry-run``.
 
 They set ``$VALUELENS_DEVICE``, ``$VALUELENS_DTYPE`` and ``$VALUELENS_DEVICE_MAP``, which
 :func:`valuelens.models.load_model` reads whenever it is not told otherwise — so every stage that loads a model,
@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["apply_device_options", "device_options", "ray_option"]
+__all__ = ["apply_device_options", "device_options", "dry_run_option", "ray_option"]
 
 
 def apply_device_options(device: str | None, dtype: str | None, device_map: str | None) -> None:
@@ -72,3 +72,10 @@ def ray_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         metavar="[ADDRESS]",
                         help="Run the work units as Ray tasks: a local Ray instance, or the cluster at ADDRESS "
                              "(host:port or ray://host:port). Needs pip install 'valuelens[ray]'.")(f)
+
+
+def dry_run_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dry-run`` → the command's ``dry_run`` argument: print the work and time estimate, do nothing else."""
+    return click.option("--dry-run", "dry_run", is_flag=True,
+                        help="Print the estimate (responses, tokens to generate, time on this device from a short "
+                             "measured warm-up) and exit.")(f)

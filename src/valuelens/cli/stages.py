@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import format_findings, load_config_file, parse_overrides
-from ._scale import device_options, ray_option
+from ._scale import device_options, dry_run_option, ray_option
 
 
 @click.command("extract")
@@ -24,9 +24,10 @@ from ._scale import device_options, ray_option
 @click.option("--shard", default=None, help="i/n: process slice i of n (generate, activations).")
 @click.option("--set", "overrides", multiple=True, help="key=value config override (JSON value), repeatable.")
 @ray_option
+@dry_run_option
 def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str | None, values: str | None,
                 queries: str | None, judge: str | None, stages: tuple[str, ...], shard: str | None,
-                overrides: tuple[str, ...], ray_address: str | None) -> None:
+                overrides: tuple[str, ...], ray_address: str | None, dry_run: bool) -> None:
     """Steps 1–6: generate intrinsic and prompted responses, judge them, capture activations, build vectors.
 
     Interrupted runs resume where they stopped: rerun the same command.
@@ -42,6 +43,15 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
     if values is not None:
         cfg_dict["values"] = [v for v in values.split(",") if v.strip()]
     cfg = ExtractConfig.quick(**cfg_dict) if quick else ExtractConfig.from_dict(cfg_dict)
+    lm = None
+    if dry_run or (not (Path(out_dir) / "items.jsonl").exists() and (not stages or "generate" in stages)):
+        from ..estimate import estimate_extract
+
+        # Before a fresh run: the work and, for long runs (always with --dry-run), the time on this device.
+        est, lm = estimate_extract(cfg, warmup=True if dry_run else (None if ray_address is None else False))
+        click.echo(est.text())
+        if dry_run:
+            return
     if ray_address is not None:
         from ..distributed import RayOptions, run_extract_ray
 
@@ -49,7 +59,7 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
             raise click.UsageError("--ray splits the work itself; drop --shard")
         summary = run_extract_ray(out_dir, cfg, opts=RayOptions(address=ray_address), stages=list(stages) or None)
     else:
-        summary = run_extract(out_dir, cfg, stages=list(stages) or None, shard=parse_shard(shard))
+        summary = run_extract(out_dir, cfg, stages=list(stages) or None, shard=parse_shard(shard), lm=lm)
     if summary:
         click.echo(f"vectors written to {out_dir}/vectors.safetensors; figure layer {summary['layer']}")
         for s in summary.get("skipped", []):
@@ -102,9 +112,16 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
 @click.option("--analyze-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for analyze.")
 @click.option("--data", default=None, help="ValueEval'23 folder for training the detector judge.")
 @ray_option
+@dry_run_option
 def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | None, analyze_config: str | None,
-            data: str | None, ray_address: str | None) -> None:
+            data: str | None, ray_address: str | None, dry_run: bool) -> None:
     """The whole pipeline: detector judge → extract → analyze → report.html (resumable; rerun to continue)."""
+    if dry_run:
+        from ..estimate import estimate_extract, extract_config_for_run
+
+        cfg = extract_config_for_run(quick, model, load_config_file(extract_config))
+        click.echo(estimate_extract(cfg, warmup=True)[0].text())
+        return
     from ..pipeline import run_pipeline
 
     report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=load_config_file(extract_config),
