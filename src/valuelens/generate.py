@@ -24,7 +24,7 @@ False
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,17 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class GenItem:
-    """One prompt to answer: a stable id, the rendered prompt and metadata copied into the output record."""
+    """One prompt to answer: a stable id, the rendered prompt and metadata copied into the output record.
+
+    ``steer``: an optional ``[d_model]`` vector added to this item's residual stream at the ``steer_layer`` of
+    :func:`generate_to_file` (prefill and every decoding step), so items steered differently — or not at all —
+    share a batch; not written to the record (put what it means in ``meta``).
+    """
 
     id: str
     prompt: RenderedPrompt
     meta: dict[str, Any]
+    steer: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def _stop_ids(lm: LoadedModel) -> list[int]:
@@ -168,15 +174,22 @@ class _Adaptive:
 
 
 def _generate_adaptive(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig, seed: int,
-                       interventions: Sequence[Intervention], limit: _Adaptive) -> list[dict[str, Any]]:
-    """Generate one planned batch, in parts of at most ``limit.size`` prompts, halving on out-of-memory."""
+                       interventions: Sequence[Intervention], limit: _Adaptive,
+                       row_steer: tuple[int, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """Generate one planned batch, in parts of at most ``limit.size`` prompts, halving on out-of-memory.
+    ``row_steer``: ``(layer, [B, D] deltas)`` added per row (sliced along with the prompts)."""
+    from .hooks import Steer
+
     results: list[dict[str, Any]] = []
     start = 0
     while start < len(prompts):
         size = min(limit.size, len(prompts) - start)
         whole = size == len(prompts)
+        ivs = list(interventions)
+        if row_steer is not None:
+            ivs.append(Steer(row_steer[1][start:start + size], (row_steer[0],), 1.0))
         try:
-            res = generate_batch(lm, prompts[start:start + size], cfg, interventions=interventions,
+            res = generate_batch(lm, prompts[start:start + size], cfg, interventions=ivs,
                                  seed=seed if whole else _sub_seed(seed, start, size))
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_oom(exc):
@@ -200,15 +213,18 @@ def _generate_adaptive(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationC
 def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | Path, cfg: GenerationConfig, *,
                      interventions: Sequence[Intervention] = (), desc: str = "generating",
                      on_batch: Callable[[int], None] | None = None,
-                     batches: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                     batches: Sequence[int] | None = None, steer_layer: int | None = None) -> list[dict[str, Any]]:
     """Generate a response for every item into ``out_path`` (JSONL), resuming from what is already there.
 
     Returns the records in item order. ``batches``: generate only these batches of the plan over all
     ``items`` (see :func:`plan_batches`) — what a shard does; their records are identical to the same batches
     in a single-process run. ``on_batch(i)`` is called after batch i is durably written (tests use it to
-    simulate a crash).
+    simulate a crash). ``steer_layer``: the layer where items' own ``steer`` vectors are added (needed when any
+    item has one; items without one in the same batch get a zero row, i.e. the plain model).
     """
     ids = [it.id for it in items]
+    if any(it.steer is not None for it in items) and steer_layer is None:
+        raise ConfigError("items carry steering vectors: give steer_layer")
     if len(set(ids)) != len(ids):
         raise ConfigError("generation items must have unique ids")
     out_path = Path(out_path)
@@ -236,8 +252,13 @@ def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | 
     with JsonlWriter(out_path) as writer, tqdm(total=n_todo, desc=desc, unit="resp", disable=n_todo == 0,
                                                leave=False) as bar:
         for bi, batch in todo:
+            row_steer = None
+            if steer_layer is not None and any(it.steer is not None for it in batch):
+                d = lm.spec.d_model
+                row_steer = (steer_layer, torch.stack([it.steer.detach().float().reshape(d) if it.steer is not None
+                                                       else torch.zeros(d) for it in batch]))
             res = _generate_adaptive(lm, [it.prompt.text for it in batch], cfg, cfg.seed * 1_000_003 + bi,
-                                     interventions, limit)
+                                     interventions, limit, row_steer)
             records = []
             for it, r in zip(batch, res, strict=True):
                 rec = {"id": it.id, **it.meta, "prompt": it.prompt.to_dict(), **r, "batch": bi}

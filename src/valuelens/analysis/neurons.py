@@ -56,11 +56,15 @@ class NeuronsSection(Section):
         records = [r for r in load_responses(ctx.run) if r["response_ids"]][:64]
         expl: list[dict[str, Any]] = []
         at_layer = table[(table["layer"] == ctx.layer) & (table["label"] == "shared")]
+        owners: dict[int, list[str]] = {}  # neuron -> the values it is explained for
         for v in ctx.values:
             top = at_layer[at_layer["value"] == v].sort_values("score", ascending=False).head(o.neuron_explain)
-            if len(top):
-                for e in top_activating_contexts(ctx.lm, records, {ctx.layer: top["neuron"].tolist()}, k=5,
-                                                 window=8, batch_size=ctx.cfg.batch_size):
+            for n in top["neuron"].tolist():
+                owners.setdefault(int(n), []).append(v)
+        if owners:  # one pass over the responses for every value's neurons
+            for e in top_activating_contexts(ctx.lm, records, {ctx.layer: sorted(owners)}, k=5, window=8,
+                                             batch_size=ctx.cfg.batch_size):
+                for v in owners.get(int(e["neuron"]), []):
                     expl.append({"value": v, **e})
         write_neuron_outputs(sec / "tables", table, summ, expl)
         counts = summ["counts"]

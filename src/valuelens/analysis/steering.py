@@ -60,7 +60,7 @@ class SteeringSection(Section):
 
     def run(self, ctx: Context) -> dict[str, Any]:
         from ..generate import GenerationConfig, GenItem, generate_to_file
-        from ..hooks import Intervention
+        from ..hooks import Intervention, steer_delta
         from ..models import NO_SYSTEM
 
         o = ctx.options
@@ -68,17 +68,22 @@ class SteeringSection(Section):
         queries = free_queries(ctx, o.n_free)
         gcfg = GenerationConfig(max_new_tokens=o.free_max_new_tokens, do_sample=False,
                                 batch_size=ctx.cfg.batch_size, bf16=use_bf16(ctx.cfg.gen_bf16, ctx.lm.device), seed=ctx.cfg.seed)
-        records: list[dict[str, Any]] = []
         conds_all: dict[str, list[Intervention]] = {"baseline": []}
         for v in ctx.values:
             for name, ivs in direction_conditions(ctx, v, ablations=False).items():
                 conds_all[f"{v}|{name}"] = ivs
+        # Every condition is one activation addition at the analysis layer: one generation over all of them,
+        # each answer with its own steering vector, so batches stay full (an unsteered row adds zero).
+        items = []
         for cname, ivs in conds_all.items():
-            items = [GenItem(id=f"{cname}/{i}", prompt=ctx.lm.chat.render(q, NO_SYSTEM),
-                             meta={"condition": cname, "query": q, "query_index": i}) for i, q in enumerate(queries)]
-            safe = cname.replace("|", "__")
-            records += generate_to_file(ctx.lm, items, sec / "responses" / f"{safe}.jsonl", gcfg, interventions=ivs,
-                                        desc=f"steer {cname}")
+            sd = steer_delta(ivs, ctx.lm.spec.d_model) if ivs else None
+            if ivs and (sd is None or sd[0] != ctx.layer):
+                raise ConfigError(f"steering condition {cname} is not a single addition at layer {ctx.layer}")
+            items += [GenItem(id=f"{cname}/{i}", prompt=ctx.lm.chat.render(q, NO_SYSTEM),
+                              meta={"condition": cname, "query": q, "query_index": i},
+                              steer=None if sd is None else sd[1]) for i, q in enumerate(queries)]
+        records = generate_to_file(ctx.lm, items, sec / "responses" / "responses.jsonl", gcfg,
+                                   steer_layer=ctx.layer, desc="steered answers")
         judge = judge_from_extract(ctx)
         res = judge.judge([r["response"] for r in records], ctx.values)
         rows = []
