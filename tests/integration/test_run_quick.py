@@ -25,6 +25,11 @@ def quick_run(tmp_path_factory) -> Path:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in proc.stdout
+    # A log a person can read: no carriage-return progress bars, no line over 300 characters, a closing table.
+    log = proc.stdout + proc.stderr
+    assert "\r" not in log and max(len(line) for line in log.splitlines()) <= 300
+    assert "steer-prompted" in proc.stdout and "effect [95% CI]" in proc.stdout
+    (out / "run.log").write_text(log)
     return out
 
 

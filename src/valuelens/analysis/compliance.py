@@ -74,10 +74,19 @@ class ComplianceSection(Section):
             harmful = [str(r.get("text") or r.get("prompt") or r.get("goal") or "") for r in
                        read_table(o.harmful_prompts)]
             harmful = [h for h in harmful if h.strip()]
+        from ..hooks import steer_delta
+
+        # One generation over every condition (each answer carries its own steering vector at the layer).
+        gi = []
         for name, ivs in conds.items():
-            gi = [GenItem(id=it.id, prompt=ctx.lm.chat.render(it.prompt, NO_SYSTEM), meta={}) for it in items]
-            recs = generate_to_file(ctx.lm, gi, sec / "responses" / f"{name}.jsonl", gcfg, interventions=ivs,
-                                    desc=f"instructions {name}")
+            sd = steer_delta(ivs, ctx.lm.spec.d_model) if ivs else None
+            gi += [GenItem(id=f"{name}/{it.id}", prompt=ctx.lm.chat.render(it.prompt, NO_SYSTEM),
+                           meta={"condition": name, "instruction": it.id}, steer=None if sd is None else sd[1])
+                   for it in items]
+        recs_all = generate_to_file(ctx.lm, gi, sec / "responses" / "instructions.jsonl", gcfg,
+                                    steer_layer=ctx.layer, desc="instructions")
+        for name, ivs in conds.items():
+            recs = [r for r in recs_all if r["condition"] == name]
             texts = [r["response"] for r in recs]
             score = instruction_following_score(texts, items)
             for it, t in zip(items, texts, strict=True):
