@@ -84,27 +84,64 @@ def _train_options(f: Any) -> Any:
 
 @detect.command("train")
 @_train_options
+@click.option("--preset", type=click.Choice(["fast", "best", "pipeline"]), default=None,
+              help="a named recipe (docs/detector.md): fast = the default MiniLM recipe, best = mpnet + TF-IDF "
+                   "(<= 60 min on 2 cores), pipeline = the judge of `valuelens run` (<= 3 min); options given "
+                   "explicitly override the preset's")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="run folder (checkpoints; the final detector goes to OUT/model). Rerun to resume.")
-@click.option("--eval-split", default="validation", show_default=True, help="split scored at the end")
+              help="run folder (checkpoints; the final detector goes to OUT/model, OUT/ensemble for best). "
+                   "Rerun to resume.")
+@click.option("--eval-split", "--split", "eval_split", default="validation", show_default=True,
+              help="split scored at the end (e.g. test: scored if labels-test.tsv exists, else an official run "
+                   "file OUT/run-test.tsv is written)")
+@click.option("--no-eval", is_flag=True, help="score no split at the end (held-out thresholds only)")
 @click.option("--prompt-len", type=int, default=0, help="soft-prompt tokens (prompt tuning; use with --train-layers 0)")
 @click.option("--template", default=None, help='hard template, e.g. "{text} The value behind this is {mask}."')
 @click.option("--pooling", type=click.Choice(["mean", "cls", "mask"]), default="mean", show_default=True)
-def train_cmd(data: str | None, out: str, eval_split: str, **kw: Any) -> None:
+@click.option("--length-buckets/--random-batches", default=False, show_default=True,
+              help="batches of similar length (~2.5x fewer padded tokens on ValueEval)")
+@click.option("--aux-heads", default="", help="multi-task heads: values and/or level1, comma-separated")
+@click.option("--hierarchy/--no-hierarchy", default=False, show_default=True,
+              help="combine each category with its value's head (weight chosen on the held-out part)")
+@click.option("--calibration", type=click.Choice(["platt", "temperature", "isotonic", "none"]), default="platt",
+              show_default=True, help="probability calibration fitted on the held-out part")
+def train_cmd(data: str | None, out: str, eval_split: str, no_eval: bool, preset: str | None, **kw: Any) -> None:
     """Fine-tune an encoder (or prompt-tune a frozen one) on the training split; resumable."""
+    from click.core import ParameterSource
+
     from ..detect.data import load_split
     from ..detect.finetune import TrainConfig, train_detector
 
     folder = _data_dir(data)
-    cfg = TrainConfig(**kw)
-    train = load_split(folder, "training")
-    valid = load_split(folder, eval_split)
-    res = train_detector(train, valid, cfg, out, log=_echo)
-    s = res.scores
-    _echo(f"{eval_split}: macro P {s['precision']:.4f} R {s['recall']:.4f} F1 {s['f1']:.4f} "
-          f"(thresholds: {s['main']}); validation-tuned F1 {s['validation_tuned']['f1']:.4f}, "
-          f"crossfit F1 {s['crossfit']['f1']:.4f}; {res.train_seconds / 60:.1f} min training")
-    click.echo(str(Path(out) / "model"))
+    level1 = "level1" in str(kw.get("aux_heads") or "")
+    train = load_split(folder, "training", level1=level1)
+    labelled = eval_split in ("training", "validation") or (folder / f"labels-{eval_split}.tsv").exists()
+    valid = None if no_eval else load_split(folder, eval_split, require_labels=labelled)
+    if preset:
+        from ..detect.presets import PRESETS, train_preset
+
+        ctx = click.get_current_context()
+        given = {k: v for k, v in kw.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        bf16 = given.pop("bf16", "auto")
+        if "level1" in PRESETS[preset].config.aux_names() and train.level1 is None:
+            train = load_split(folder, "training", level1=True)
+        pres = train_preset(preset, train, valid, out, bf16=bf16, log=_echo, **given)
+        s, model_dir, minutes = pres.scores, pres.model_dir, pres.train_seconds / 60
+    else:
+        res = train_detector(train, valid, TrainConfig(**kw), out, log=_echo)
+        s, model_dir, minutes = res.scores, Path(out) / "model", res.train_seconds / 60
+    if "f1" in s:
+        _echo(f"{eval_split}: macro P {s['precision']:.4f} R {s['recall']:.4f} F1 {s['f1']:.4f} "
+              f"(thresholds: {s['main']}); validation-tuned F1 {s['validation_tuned']['f1']:.4f}, "
+              f"crossfit F1 {s['crossfit']['f1']:.4f}")
+        if "calibration" in s:
+            c = s["calibration"]
+            _echo(f"{eval_split}: mean expected calibration error {c['ece_raw_mean']:.4f} raw → {c['ece_mean']:.4f} "
+                  f"({c['method']})")
+    elif valid is not None:
+        _echo(f"{eval_split} has no labels: run file {Path(out) / f'run-{eval_split}.tsv'}")
+    _echo(f"{minutes:.1f} min training")
+    click.echo(str(model_dir))
 
 
 @detect.command("retune")
@@ -131,31 +168,57 @@ def retune_cmd(model_dir: str, data: str | None, objective: str, bf16: bool) -> 
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
               help="trained detector folder")
 @click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
-@click.option("--split", default="validation", show_default=True)
+@click.option("--split", default="validation", show_default=True,
+              help="split name in the data folder (arguments-<split>.tsv + labels-<split>.tsv), e.g. test")
+@click.option("--arguments", "arguments_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="an arguments TSV in the task's format (instead of --split; needs --labels)")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="the labels TSV for --arguments")
+@click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True, help="bootstrap resamples for CIs")
+@click.option("--reliability", type=click.Path(dir_okay=False), default=None,
+              help="write a reliability diagram PNG (calibrated detectors)")
 @click.option("--bf16/--no-bf16", default=False)
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also write the scores as JSON")
-def evaluate_cmd(model_dir: str, data: str | None, split: str, bf16: bool, json_out: str | None) -> None:
-    """Score a trained detector on a labelled split with the official measure."""
+def evaluate_cmd(model_dir: str, data: str | None, split: str, arguments_path: str | None, labels_path: str | None,
+                 n_boot: int, reliability: str | None, bf16: bool, json_out: str | None) -> None:
+    """Score a trained detector on any labelled file: official macro P/R/F1 and per-category P/R/F1 with
+    bootstrap CIs, expected calibration error per category."""
     from ..detect.data import load_split
-    from ..detect.finetune import crossfit_scores, load_detector
-    from ..detect.measure import apply_thresholds, evaluate, tune_thresholds
+    from ..detect.evaluate import evaluate_detector, load_labelled, render_evaluation
+    from ..detect.finetune import load_detector
     from ..runio import atomic_write_json
 
+    if (arguments_path is None) != (labels_path is None):
+        raise ConfigError("--arguments and --labels go together")
+    if n_boot < 10:
+        raise ConfigError(f"--bootstrap must be >= 10, got {n_boot}")
     det = load_detector(model_dir)
-    sp = load_split(_data_dir(data), split)
-    assert sp.labels is not None
-    probs = det.predict_proba(sp.texts(), bf16=bf16, progress=True)
-    saved = evaluate(sp.labels, apply_thresholds(probs, det.thresholds))
-    tuned = evaluate(sp.labels, apply_thresholds(probs, tune_thresholds(probs, sp.labels)))
-    cross = crossfit_scores(probs, sp.labels)
-    click.echo(f"{split} (saved thresholds): P {saved.precision:.4f} R {saved.recall:.4f} F1 {saved.f1:.4f}")
-    click.echo(f"{split} (crossfit thresholds): F1 {cross.f1:.4f}; (tuned on {split} itself, optimistic): "
-               f"F1 {tuned.f1:.4f}")
-    for c, d in saved.per_category.items():
-        click.echo(f"  {c:28s} P {d['precision']:.3f} R {d['recall']:.3f} F1 {d['f1']:.3f} n={d['support']}")
+    sp = (load_labelled(arguments_path, labels_path) if arguments_path and labels_path
+          else load_split(_data_dir(data), split))
+    res = evaluate_detector(det, sp, n_boot=n_boot, bf16=bf16, reliability_png=reliability, progress=True)
+    click.echo(render_evaluation(res))
     if json_out:
-        atomic_write_json(json_out, {"saved": saved.as_dict(), "crossfit": cross.as_dict(),
-                                     "self_tuned": tuned.as_dict()})
+        atomic_write_json(json_out, res)
+
+
+@detect.command("calibrate")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="trained detector folder (its calibration.json is (re)written)")
+@click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
+@click.option("--method", type=click.Choice(["platt", "temperature", "isotonic", "none"]), default="platt",
+              show_default=True)
+@click.option("--bf16/--no-bf16", default=False)
+def calibrate_cmd(model_dir: str, data: str | None, method: str, bf16: bool) -> None:
+    """Fit a trained detector's probability calibration on its held-out training part (weights untouched);
+    prints the expected calibration error on validation, raw and calibrated."""
+    from ..detect.data import load_split
+    from ..detect.finetune import calibrate_detector
+
+    folder = _data_dir(data)
+    r = calibrate_detector(model_dir, load_split(folder, "training"), method=method,
+                           valid=load_split(folder, "validation"), bf16=bf16)
+    _echo(f"{method} calibration fitted on {r['n_fit']} held-out training arguments; validation mean ECE "
+          f"{r['ece_raw_mean']:.4f} raw → {r['ece_mean']:.4f}")
 
 
 @detect.command("ensemble")
@@ -185,19 +248,19 @@ def ensemble_cmd(models: tuple[str, ...], data: str | None, split: str, out: str
 @detect.command("compare")
 @click.option("--methods", default="all-ones,tfidf,finetune", show_default=True,
               help="comma-separated: all-ones, tfidf, finetune, finetune-top2, soft-prompt, hard-template, "
-                   "llm-zero, llm-few, llm-cot (LLM methods need --llm)")
+                   "preset-fast, preset-best, preset-pipeline, llm-zero, llm-few, llm-cot (LLM methods need --llm)")
 @click.option("--data", type=click.Path(), default=None, help=DEFAULT_DATA_HELP)
 @click.option("--split", default="validation", show_default=True, help="evaluation split")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="output folder (resumable)")
 @click.option("--encoder", default="minilm", show_default=True)
 @click.option("--epochs", type=int, default=4, show_default=True)
-@click.option("--bf16/--no-bf16", default=True, show_default=True)
+@click.option("--bf16/--no-bf16", default=None, help="bf16 autocast (default: only where the CPU/GPU has native bf16)")
 @click.option("--max-train", type=int, default=None, help="use only the first N training arguments")
 @click.option("--max-eval", type=int, default=None, help="score only the first N evaluation arguments")
 @click.option("--llm", "llm_spec", default=None, help="LLM backend, e.g. local:smollm2 or openai:URL#model")
 @click.option("--prompt-epochs", type=int, default=None,
               help="epochs of soft-prompt tuning (default --epochs; the hard template early-stops by itself)")
-def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: str, epochs: int, bf16: bool,
+def compare_cmd(methods: str, data: str | None, split: str, out: str, encoder: str, epochs: int, bf16: bool | None,
                 max_train: int | None, max_eval: int | None, llm_spec: str | None, prompt_epochs: int | None) -> None:
     """Train and evaluate several methods on the same split; write one table (CSV, Markdown, PNG)."""
     from ..detect.compare import compare

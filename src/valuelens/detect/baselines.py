@@ -62,11 +62,16 @@ class TfidfLogReg:
             OneVsRestClassifier(LogisticRegression(C=self.c, class_weight="balanced", max_iter=2000)),
         )
 
-    def fit(self, arguments: list[Argument], labels: np.ndarray) -> TfidfLogReg:
+    def fit(self, arguments: list[Argument], labels: np.ndarray, *, tune: bool = True) -> TfidfLogReg:
+        """Fit; ``tune=False`` skips the 5 out-of-fold fits that only serve this model's own thresholds (an
+        ensemble member's thresholds are the ensemble's)."""
         from sklearn.model_selection import GroupKFold
 
         texts = np.array([a.text() for a in arguments], dtype=object)
         y = np.asarray(labels)
+        if not tune:
+            self.model_ = self._pipeline().fit(texts, y)
+            return self
         oof = np.zeros(y.shape, dtype=np.float64)
         # Folds by conclusion (like the official splits): otherwise near-duplicate arguments on the same
         # conclusion leak across folds, out-of-fold scores look too confident and thresholds come out too high.

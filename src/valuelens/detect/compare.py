@@ -3,8 +3,10 @@
 Each method writes ``<out>/<method>/result.json`` when it has finished; a rerun skips finished methods and
 resumes an interrupted neural one from its checkpoint. The table has, per method: the official macro
 precision/recall/F1 with *honest* thresholds (never tuned on the evaluation split), the F1 with thresholds
-tuned on the evaluation split itself (the paper's setup, optimistic), per-category F1, training time and
-inference throughput.
+tuned on the evaluation split itself (the paper's setup, optimistic), per-category F1, training time (minutes
+from start to the saved detector, evaluation excluded) and inference throughput (evaluation arguments per
+second on this machine), and for calibrated detectors the mean expected calibration error (raw → calibrated).
+``reliability.png`` draws the calibrated methods' reliability curves (all categories pooled).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ METHODS: dict[str, str] = {
     "finetune-top2": "fine-tuning of the top 2 encoder layers only",
     "soft-prompt": "prompt tuning: 20 soft-prompt vectors + head, frozen encoder",
     "hard-template": "prompt tuning: hard template, head on the mask token, frozen encoder",
+    "preset-fast": "preset fast: MiniLM fine-tune, 4 epochs, early stopping (the default recipe)",
+    "preset-best": "preset best: mpnet fine-tune (3 epochs, length buckets) + TF-IDF member",
+    "preset-pipeline": "preset pipeline: MiniLM, 3 epochs, length buckets, no per-epoch scoring (judge of valuelens run)",
     "llm-zero": "instruction-tuned LLM, zero-shot",
     "llm-few": "instruction-tuned LLM, few-shot (3 examples)",
     "llm-cot": "instruction-tuned LLM, zero-shot with step-by-step reasoning",
@@ -66,8 +71,43 @@ def _neural(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: P
     probs = det.predict_proba(valid.texts(), bf16=bf16)
     infer = time.time() - t0
     assert valid.labels is not None
-    return _row(method, valid.labels, apply_thresholds(probs, det.thresholds), probs, res.train_seconds, infer,
-                {"config": asdict(cfg), "model": str(folder / "run" / "model")})
+    row = _row(method, valid.labels, apply_thresholds(probs, det.thresholds), probs, res.train_seconds, infer,
+               {"config": asdict(cfg), "model": str(folder / "run" / "model")})
+    _calibrated_row(row, det, probs, valid.labels, folder)
+    return row
+
+
+def _calibrated_row(row: dict[str, Any], det: Any, probs: np.ndarray, gold: np.ndarray, folder: Path) -> None:
+    """Add the expected calibration error and keep calibrated probabilities for the reliability diagram."""
+    from .finetune import calibration_report
+
+    cal = getattr(det, "calibrator", None)
+    if cal is None:
+        return
+    rep = calibration_report(probs, gold, cal)
+    row.update({"ece_raw": rep["ece_raw_mean"], "ece": rep["ece_mean"], "calibration": rep["method"],
+                "ece_per_category": rep["ece"]})
+    with atomic_path(folder / "calibrated_probs.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, cal.transform(probs))
+    row["calibrated_probs"] = str(folder / "calibrated_probs.npy")
+
+
+def _preset(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path, *, bf16: bool | str,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    from .finetune import load_detector
+    from .presets import train_preset
+
+    name = method.removeprefix("preset-")
+    res = train_preset(name, train, None, folder / "run", bf16=bf16, log=log)
+    det = load_detector(res.model_dir)
+    assert res.config is not None and valid.labels is not None
+    t0 = time.time()
+    probs = det.predict_proba(valid.texts(), bf16=res.config.bf16)
+    infer = time.time() - t0
+    row = _row(method, valid.labels, apply_thresholds(probs, det.thresholds), probs, res.train_seconds, infer,
+               {"config": asdict(res.config), "model": str(res.model_dir)})
+    _calibrated_row(row, det, probs, valid.labels, folder)
+    return row
 
 
 def _llm(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path, llm_spec: str | None,
@@ -105,12 +145,15 @@ def _llm(method: str, train: ValueEvalSplit, valid: ValueEvalSplit, folder: Path
 
 
 def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: str | Path,
-            encoder: str = "minilm", epochs: int = 4, bf16: bool = True, max_train: int | None = None,
+            encoder: str = "minilm", epochs: int = 4, bf16: bool | str | None = "auto", max_train: int | None = None,
             max_eval: int | None = None, llm_spec: str | None = None, prompt_epochs: int | None = None,
             log: Callable[[str], None] | None = None) -> str:
     """Run every method in ``methods`` on ``split`` and write ``results.csv``, ``results.md``,
     ``results.png`` and ``manifest.json`` into ``out_dir``. Returns the Markdown table."""
+    from ..precision import use_bf16
+
     say = log or (lambda s: None)
+    bf16 = use_bf16(bf16)  # None/"auto": only where bf16 is native (emulated bf16 is many times slower)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
@@ -119,6 +162,7 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
     train = load_split(data_dir, "training").head(max_train)
     valid = load_split(data_dir, split).head(max_eval)
     assert train.labels is not None and valid.labels is not None
+    _gold_cache[str(out)] = valid.labels
     rows: list[dict[str, Any]] = []
     for m in methods:
         folder = out / m
@@ -148,6 +192,8 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
                        time.time() - t0, {"describe": model.describe()})
         elif m.startswith("llm-"):
             row = _llm(m, train, valid, folder, llm_spec, say, data_dir)
+        elif m.startswith("preset-"):
+            row = _preset(m, train, valid, folder, bf16=bf16, log=say)
         else:
             row = _neural(m, train, valid, folder, encoder=encoder, epochs=epochs, bf16=bf16, log=say,
                           prompt_epochs=prompt_epochs)
@@ -170,7 +216,29 @@ def _write_outputs(out: Path, rows: list[dict[str, Any]], split: str) -> str:
     atomic_write_text(out / "results.md", md)
     _write_csv(out / "results.csv", rows)
     _plot(out / "results.png", rows, split)
+    _reliability(out / "reliability.png", rows, split, out)
     return md
+
+
+def _reliability(path: Path, rows: list[dict[str, Any]], split: str, out: Path) -> None:
+    """Reliability diagram of every calibrated method (nothing written when none is calibrated)."""
+    from .calibration import reliability_diagram
+
+    cal_rows = [r for r in rows if r.get("calibrated_probs") and Path(r["calibrated_probs"]).exists()]
+    if not cal_rows:
+        return
+    gold = _gold_cache.get(str(out))
+    curves = {}
+    for r in cal_rows:
+        p = np.load(r["calibrated_probs"])
+        if gold is None or gold.shape != p.shape:
+            continue
+        curves[r["method"]] = (p, gold)
+    if curves:
+        reliability_diagram(path, curves, title=f"calibrated probabilities, ValueEval'23 {split}")
+
+
+_gold_cache: dict[str, np.ndarray] = {}
 
 
 def _fmt(v: Any) -> str:
@@ -181,12 +249,14 @@ def _fmt(v: Any) -> str:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per method; per-category F1 in a second table (20 columns do not fit in one)."""
-    head = ["method", "macro P", "macro R", "macro F1", "F1 (eval-tuned)", "train s", "infer/s"]
+    head = ["method", "macro P", "macro R", "macro F1", "F1 (eval-tuned)", "train min", "arguments/s",
+            "ECE raw → calibrated"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        ece = f"{r['ece_raw']:.3f} → {r['ece']:.3f}" if "ece" in r else ""
         lines.append("| " + " | ".join([r["method"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]),
-                                         _fmt(r["f1_eval_tuned"]), f"{r['train_seconds']:.0f}",
-                                         f"{r['inference_per_second']:.1f}"]) + " |")
+                                         _fmt(r["f1_eval_tuned"]), f"{r['train_seconds'] / 60:.1f}",
+                                         f"{r['inference_per_second']:.1f}", ece]) + " |")
     lines += ["", "Per-category F1:", "", "| category | " + " | ".join(r["method"] for r in rows) + " |",
               "|" + "---|" * (len(rows) + 1)]
     for c in VALUEEVAL_CATEGORIES:
@@ -201,6 +271,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         d = {k: r[k] for k in ("method", "precision", "recall", "f1", "f1_eval_tuned", "train_seconds",
                                "inference_per_second", "n_eval")}
+        d.update({k: r.get(k) for k in ("ece_raw", "ece")})
         d.update({f"f1:{c}": r["per_category_f1"].get(c) for c in VALUEEVAL_CATEGORIES})
         flat.append(d)
     atomic_write_text(path, pd.DataFrame(flat).to_csv(index=False))

@@ -41,8 +41,8 @@ from .data import ValueEvalSplit
 from .encoders import resolve_encoder
 from .measure import Scores, apply_thresholds, evaluate, tune_thresholds
 
-__all__ = ["EnsembleDetector", "TfidfMember", "TrainConfig", "ValueDetector", "build_ensemble", "heldout_split", "load_detector",
-           "predict_proba", "train_detector"]
+__all__ = ["EnsembleDetector", "TfidfMember", "TrainConfig", "ValueDetector", "build_ensemble", "calibrate_detector",
+           "heldout_of", "heldout_split", "load_detector", "predict_proba", "train_detector"]
 
 N_CAT = len(VALUEEVAL_CATEGORIES)
 
@@ -79,6 +79,23 @@ class TrainConfig:
     prior_bias: bool = True
     # What the per-category thresholds maximise: the official macro F1 (coordinate ascent) or each category's F1.
     threshold_objective: str = "macro"
+    # Batches of similar length (sorted within chunks of 50 batches, batch order shuffled): arguments are
+    # ~39 tokens on average but a random batch of 32 pads to ~96, so this cuts the tokens computed ~2.5x.
+    length_buckets: bool = False
+    # Score the held-out part after every epoch (early stopping). Off: train all epochs, keep the last.
+    eval_each_epoch: bool = True
+    # Multi-task heads on the pooled vector: "values" (the 10 Schwartz values, OR of their categories) and/or
+    # "level1" (the 54 level-1 values of the data set), comma-separated; their BCE is added times aux_weight.
+    aux_heads: str = ""
+    aux_weight: float = 0.5
+    # Hierarchy consistency at inference: p_c <- p_c^(1-w) * p_value(c)^w with the "values" head, w chosen on
+    # the held-out part from (0, 0.25, 0.5) (0 = off).
+    hierarchy: bool = False
+    # Calibration of the saved probabilities, fitted on the held-out part (calibration.Calibrator).
+    calibration: str = "platt"
+
+    def aux_names(self) -> list[str]:
+        return [a.strip() for a in self.aux_heads.split(",") if a.strip()]
 
     def validate(self) -> None:
         if self.loss not in ("bce", "bce-pos", "focal"):
@@ -95,6 +112,17 @@ class TrainConfig:
             raise ConfigError(f"unknown threshold source {self.threshold_source!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.max_len < 8:
             raise ConfigError("epochs and batch size must be >= 1, max_len >= 8")
+        bad = [a for a in self.aux_names() if a not in ("values", "level1")]
+        if bad:
+            raise ConfigError(f"unknown auxiliary head(s) {bad}; choose values and/or level1")
+        if self.hierarchy and "values" not in self.aux_names():
+            raise ConfigError("hierarchy consistency needs the 'values' auxiliary head (aux_heads='values')")
+        from .calibration import CALIBRATION_METHODS
+
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ConfigError(f"unknown calibration {self.calibration!r}; choose {', '.join(CALIBRATION_METHODS)}")
+        if not self.eval_each_epoch and self.threshold_source != "heldout":
+            raise ConfigError("eval_each_epoch=False needs threshold_source='heldout'")
 
 
 class ValueDetector(nn.Module):
@@ -102,7 +130,8 @@ class ValueDetector(nn.Module):
 
     def __init__(self, encoder: nn.Module, tokenizer: Any, *, pooling: str = "mean", template: str | None = None,
                  prompt_len: int = 0, dropout: float = 0.1, max_len: int = 128, prefix: str = "",
-                 encoder_name: str = "", categories: Sequence[str] = VALUEEVAL_CATEGORIES) -> None:
+                 encoder_name: str = "", categories: Sequence[str] = VALUEEVAL_CATEGORIES,
+                 aux: dict[str, int] | None = None, hierarchy_weight: float = 0.0) -> None:
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -115,6 +144,11 @@ class ValueDetector(nn.Module):
         hidden = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, len(self.categories))
+        # Multi-task heads (training signal; "values" also feeds hierarchy consistency at inference).
+        self.aux = dict(aux or {})
+        self.aux_heads = nn.ModuleDict({f"{k}_head": nn.Linear(hidden, n) for k, n in self.aux.items()})  # "values" is a method name
+        self.hierarchy_weight = float(hierarchy_weight)
+        self.calibrator: Any = None
         self.prompt_len = prompt_len
         if prompt_len > 0:
             emb = encoder.get_input_embeddings().weight
@@ -157,9 +191,15 @@ class ValueDetector(nn.Module):
         enc = AutoModel.from_pretrained(folder / "encoder", dtype=torch.float32)
         det = cls(enc, tok, pooling=cfg["pooling"], template=cfg.get("template"), prompt_len=cfg.get("prompt_len", 0),
                   max_len=cfg["max_len"], prefix=cfg.get("prefix", ""), encoder_name=cfg.get("encoder", ""),
-                  categories=cfg["categories"])
+                  categories=cfg["categories"], aux=cfg.get("aux"), hierarchy_weight=cfg.get("hierarchy_weight", 0.0))
         sd = load_file(str(folder / "head.safetensors"))
         det.head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")})
+        if det.aux:
+            det.aux_heads.load_state_dict({k[len("aux_heads."):]: v for k, v in sd.items()
+                                           if k.startswith("aux_heads.")})
+        from .calibration import Calibrator
+
+        det.calibrator = Calibrator.load(folder)
         if det.soft_prompt is not None:
             det.soft_prompt.data.copy_(sd["soft_prompt"])
         th = json.loads((folder / "thresholds.json").read_text())
@@ -178,6 +218,7 @@ class ValueDetector(nn.Module):
         self.encoder.save_pretrained(folder / "encoder")
         self.tokenizer.save_pretrained(folder / "encoder")
         tensors = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        tensors.update({f"aux_heads.{k}": v.detach().contiguous() for k, v in self.aux_heads.state_dict().items()})
         if self.soft_prompt is not None:
             tensors["soft_prompt"] = self.soft_prompt.detach().contiguous()
         with atomic_path(folder / "head.safetensors") as tmp:
@@ -190,8 +231,11 @@ class ValueDetector(nn.Module):
             "format": "valuelens-detector/1", "encoder": self.encoder_name, "pooling": self.pooling,
             "template": self.template, "prompt_len": self.prompt_len, "max_len": self.max_len,
             "prefix": self.prefix, "categories": self.categories, "info": self.info,
+            "aux": self.aux, "hierarchy_weight": self.hierarchy_weight,
             "loader": "valuelens.detect.finetune.ValueDetector.from_pretrained(folder)",
         })
+        if self.calibrator is not None:
+            self.calibrator.save(folder)
         return folder
 
     # ---------------------------------------------------------------- forward
@@ -257,13 +301,25 @@ class ValueDetector(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 64, bf16: bool = False,
-                      progress: bool = False) -> np.ndarray:
-        """Probabilities ``[N, C]`` (sigmoid of the logits), batched by length for speed."""
-        return predict_proba(self, texts, batch_size=batch_size, bf16=bf16, progress=progress)
+                      progress: bool = False, hierarchy_weight: float | None = None) -> np.ndarray:
+        """Probabilities ``[N, C]`` (sigmoid of the logits, combined with the values head when the detector
+        uses hierarchy consistency; ``hierarchy_weight`` overrides its weight), batched by length for speed."""
+        return predict_proba(self, texts, batch_size=batch_size, bf16=bf16, progress=progress,
+                             hierarchy_weight=hierarchy_weight)
 
     def predict(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
         """0/1 labels ``[N, C]`` with the detector's per-category thresholds."""
         return apply_thresholds(self.predict_proba(texts, **kw), self.thresholds)
+
+    def combine_hierarchy(self, probs: torch.Tensor, value_logits: torch.Tensor, weight: float) -> torch.Tensor:
+        """Hierarchy consistency: ``p_c^(1-w) · p_value(c)^w`` (a category is only as likely as its value)."""
+        if weight <= 0:
+            return probs
+        from ..values import valueeval_to_schwartz_matrix
+
+        m = torch.as_tensor(valueeval_to_schwartz_matrix(), dtype=torch.float32)  # [20, 10]
+        pv = torch.sigmoid(value_logits.float()) @ m.T  # each category gets its value's probability
+        return probs.clamp_min(1e-9) ** (1 - weight) * pv.clamp_min(1e-9) ** weight
 
     def fingerprint(self) -> str:
         """sha256 over head weights and thresholds (cheap identity for manifests)."""
@@ -275,7 +331,7 @@ class ValueDetector(nn.Module):
 
 
 def predict_proba(model: ValueDetector, texts: Sequence[str], *, batch_size: int = 64, bf16: bool = False,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, hierarchy_weight: float | None = None) -> np.ndarray:
     """Batched inference; ``no_grad`` (not ``inference_mode``) so bf16 autocast can cache weight copies."""
     from ..progress import bar as tqdm
 
@@ -289,8 +345,14 @@ def predict_proba(model: ValueDetector, texts: Sequence[str], *, batch_size: int
             idx = order[s:s + batch_size]
             enc = model.tokenize([texts[i] for i in idx])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(**enc)
-            out[idx] = torch.sigmoid(logits.float()).numpy()
+                feats = model.features(enc["input_ids"], enc["attention_mask"])
+                logits = model.head(feats)
+                p = torch.sigmoid(logits.float())
+                if hierarchy_weight is None:
+                    hierarchy_weight = model.hierarchy_weight
+                if hierarchy_weight > 0 and "values" in model.aux:
+                    p = model.combine_hierarchy(p, model.aux_heads["values_head"](feats), hierarchy_weight)
+            out[idx] = p.float().numpy()
     model.train(was_training)
     return out
 
@@ -426,19 +488,59 @@ class TrainResult:
     out_dir: Path | None = None
 
 
-def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainConfig, out_dir: str | os.PathLike[str],
-                   *, progress: bool = True, stop_after_steps: int | None = None,
+def _bucketed(perm: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Batches of similar length: sort each chunk of 50 batches of ``perm`` by length, cut it into batches,
+    shuffle the batch order (deterministic in ``seed``, so a resumed epoch sees the same batches)."""
+    chunk = batch_size * 50
+    batches: list[np.ndarray] = []
+    for s in range(0, len(perm), chunk):
+        part = perm[s:s + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    order = np.random.default_rng(seed).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def _aux_targets(split: ValueEvalSplit, names: list[str]) -> dict[str, torch.Tensor]:
+    """Targets of the auxiliary heads: Schwartz values (OR of their categories) and level-1 labels."""
+    from ..values import valueeval_to_schwartz_matrix
+
+    assert split.labels is not None
+    out: dict[str, torch.Tensor] = {}
+    for n in names:
+        if n == "values":
+            out[n] = torch.tensor((split.labels @ valueeval_to_schwartz_matrix()) > 0, dtype=torch.float32)
+        else:
+            if split.level1 is None:
+                raise ConfigError("aux head 'level1' needs the level-1 labels (level1-labels-<split>.tsv, "
+                                  "load_split(..., level1=True))")
+            out[n] = torch.tensor(split.level1, dtype=torch.float32)
+    return out
+
+
+def _same_config(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Configs match; a field the old run did not know yet matches when the new run keeps its default."""
+    defaults = asdict(TrainConfig())
+    return all(old.get(k, defaults[k]) == v for k, v in new.items()) and set(old) <= set(new)
+
+
+def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit | None, config: TrainConfig,
+                   out_dir: str | os.PathLike[str], *, progress: bool = True, stop_after_steps: int | None = None,
                    log: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) a detector; write ``out_dir/checkpoint.safetensors`` while training and the final
-    detector folder to ``out_dir/model``. ``valid`` is the evaluation split (labels required).
+    detector folder to ``out_dir/model``. ``valid`` is the evaluation split: scored at the end when it has
+    labels; without labels (e.g. a test split) its predictions are written as an official run file
+    ``out_dir/run-<split>.tsv``; ``None`` skips it (needs held-out thresholds).
 
     ``stop_after_steps`` stops after that many optimiser steps, leaving a checkpoint (used to test resuming).
     """
     from ..progress import bar as tqdm
 
     config.validate()
-    if train.labels is None or valid.labels is None:
-        raise ConfigError("training and evaluation splits need labels")
+    if train.labels is None:
+        raise ConfigError("the training split needs labels")
+    if (valid is None or valid.labels is None) and config.threshold_source != "heldout":
+        raise ConfigError(f"thresholds from {config.threshold_source!r} need a labelled evaluation split")
     say = log or (lambda s: None)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -446,7 +548,7 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     cfg_path = out / "train_config.json"
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        if old != asdict(config) and ckpt.exists():
+        if not _same_config(old, asdict(config)) and ckpt.exists():
             raise ConfigError(f"{out} holds a checkpoint of a different configuration; use another --out "
                               f"or delete {ckpt}")
     atomic_write_json(cfg_path, asdict(config))
@@ -457,14 +559,19 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
         tr_idx, dev_idx = heldout_split(train, config.heldout_frac, _split_seed(config.seed, config.heldout_seed))
         fit, dev = train.subset(tr_idx), train.subset(dev_idx)
     else:
+        assert valid is not None
         fit, dev = train, valid
-    assert fit.labels is not None and dev.labels is not None and valid.labels is not None
+    assert fit.labels is not None and dev.labels is not None
+    aux_names = config.aux_names()
+    aux_y = _aux_targets(fit, aux_names)
 
     model = ValueDetector.build(config.encoder, pooling=config.pooling, template=config.template,
-                                prompt_len=config.prompt_len, dropout=config.dropout, max_len=config.max_len)
+                                prompt_len=config.prompt_len, dropout=config.dropout, max_len=config.max_len,
+                                aux={n: int(t.shape[1]) for n, t in aux_y.items()})
     _freeze(model, config.train_layers)
     model.info = {"train_config": asdict(config)}
-    head_params = list(model.head.parameters()) + ([model.soft_prompt] if model.soft_prompt is not None else [])
+    head_params = list(model.head.parameters()) + list(model.aux_heads.parameters()) + (
+        [model.soft_prompt] if model.soft_prompt is not None else [])
     head_ids = {id(p) for p in head_params}
     enc_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [{"params": head_params, "lr": config.head_lr or config.lr}]
@@ -484,11 +591,13 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     y = torch.tensor(fit.labels, dtype=torch.float32)
     pos = y.sum(0).clamp(min=1.0)
     if config.prior_bias:
-        prior = (pos / len(y)).clamp(1e-3, 1 - 1e-3)
         with torch.no_grad():
-            model.head.bias.copy_(torch.log(prior / (1 - prior)))
+            for lin, t in [(model.head, y)] + [(model.aux_heads[f"{n}_head"], aux_y[n]) for n in aux_names]:
+                prior = (t.sum(0) / len(t)).clamp(1e-3, 1 - 1e-3)
+                lin.bias.copy_(torch.log(prior / (1 - prior)))
     loss_fn = _loss_fn(config.loss, torch.sqrt((len(y) - pos) / pos))
     texts = fit.texts()
+    lengths = np.array([len(t) for t in texts])  # characters: a cheap, monotone-enough proxy for tokens
     # A frozen encoder without a soft prompt gives the same features every epoch: compute them once and
     # train only the head on them (hard template, linear probe). Dropout inside the encoder is then off.
     cache = config.train_layers == 0 and config.prompt_len == 0
@@ -515,20 +624,30 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
         epoch = state["epoch"]
         # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
         perm = np.random.default_rng(config.seed * 1000 + epoch).permutation(len(fit))
+        batches = (_bucketed(perm, lengths, config.batch_size, config.seed * 1000 + epoch + 1)
+                   if config.length_buckets else
+                   [perm[b * config.batch_size:(b + 1) * config.batch_size] for b in range(steps_per_epoch)])
         model.train()
         t0 = time.time()
         bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
         losses: list[float] = state.get("epoch_losses", [])
         for b in range(state["step_in_epoch"], steps_per_epoch):
-            idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+            idx = batches[b]
             if fit_feats is not None:
-                logits = model.head(model.dropout(fit_feats[torch.as_tensor(idx)]))
+                feats = model.dropout(fit_feats[torch.as_tensor(idx)])
+                logits = model.head(feats)
+                aux_logits = {n: model.aux_heads[f"{n}_head"](feats) for n in aux_names}
             else:
                 enc = model.tokenize([texts[i] for i in idx])
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    logits = model(**enc)
+                    feats = model.dropout(model.features(enc["input_ids"], enc["attention_mask"]))
+                    logits = model.head(feats)
+                    aux_logits = {n: model.aux_heads[f"{n}_head"](feats) for n in aux_names}
             loss = loss_fn(logits.float(), y[idx])
+            for n, lg in aux_logits.items():
+                loss = loss + config.aux_weight * nn.functional.binary_cross_entropy_with_logits(
+                    lg.float(), aux_y[n][idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -553,6 +672,20 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
         bar.close()
         state["train_seconds"] += time.time() - t0
         # End of epoch: score the dev set with thresholds tuned on it (the early-stopping criterion).
+        if not config.eval_each_epoch:
+            rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "epoch_seconds": state["train_seconds"] - (state["history"][-1]["train_seconds"]
+                                                              if state["history"] else 0.0),
+                   "train_seconds": state["train_seconds"]}
+            state["history"].append(rec)
+            say(f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} ({state['train_seconds'] / 60:.1f} min so far)")
+            state["best_epoch"] = epoch + 1  # no early stopping: the last epoch is kept
+            state["epoch"] = epoch + 1
+            state["step_in_epoch"] = 0
+            state["epoch_losses"] = []
+            if state["epoch"] < config.epochs:  # the final weights are saved as the model right below
+                _save_checkpoint(ckpt, model, opt, sched, state)
+            continue
         if dev_feats is not None:
             model.eval()
             with torch.no_grad():
@@ -592,24 +725,95 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit, config: TrainCo
     # Restore the best epoch, then fix thresholds and score the evaluation split.
     from safetensors.torch import load_file
 
-    if best_path.exists():
+    if best_path.exists() and config.eval_each_epoch:
         model.load_state_dict(load_file(str(best_path)))
     model.eval()
-    t_inf = time.time()
-    val_probs = predict_proba(model, valid.texts(), batch_size=config.eval_batch_size, bf16=config.bf16,
-                              progress=progress)
-    inf_seconds = time.time() - t_inf
-    scores, th, th_info = finalize_thresholds(model, config, dev, valid, val_probs)
+    t_fin = time.time()
+    dev_probs = None
+    if config.threshold_source == "heldout":
+        dev_probs, hier_info = _choose_hierarchy(model, config, dev)
+        model.info["hierarchy"] = hier_info
+    scores: dict[str, Any] = {}
+    val_probs = None
+    inf_seconds = 0.0
+    if valid is not None:
+        t_inf = time.time()
+        val_probs = predict_proba(model, valid.texts(), batch_size=config.eval_batch_size, bf16=config.bf16,
+                                  progress=progress)
+        inf_seconds = time.time() - t_inf
+    if valid is not None and valid.labels is not None:
+        assert val_probs is not None
+        scores, th, th_info = finalize_thresholds(model, config, dev, valid, val_probs, dev_probs)
+    else:
+        assert dev_probs is not None
+        th = tune_thresholds(dev_probs, dev.labels, objective=config.threshold_objective)
+        th_info = {"source": "heldout", "objective": config.threshold_objective,
+                   "tuned_on": f"{len(dev)} held-out training arguments (whole conclusions)"}
     model.thresholds = th
+    if config.calibration != "none" and dev_probs is not None:
+        from .calibration import Calibrator
+
+        model.calibrator = Calibrator.fit(dev_probs, dev.labels, config.calibration, model.categories)
+        model.calibrator.info["fitted_on"] = th_info.get("tuned_on", "held-out training arguments")
+        if val_probs is not None and valid is not None and valid.labels is not None:
+            scores["calibration"] = calibration_report(val_probs, valid.labels, model.calibrator)
     train_seconds = state["train_seconds"] + feature_seconds
+    # What a user waits for in total: training plus the held-out pass (thresholds, hierarchy, calibration);
+    # scoring the evaluation split is excluded.
+    finish_seconds = time.time() - t_fin - inf_seconds
     model.info.update({"history": state["history"], "best_epoch": state["best_epoch"],
-                       "train_seconds": train_seconds, "feature_seconds": feature_seconds, "scores": scores})
+                       "train_seconds": train_seconds, "feature_seconds": feature_seconds,
+                       "finish_seconds": finish_seconds, "scores": scores})
     model.save_pretrained(out / "model", threshold_info=th_info)
-    np.save(out / "valid_probs.npy", val_probs)
-    scores["inference_per_second"] = len(valid) / max(inf_seconds, 1e-9)
+    if val_probs is not None and valid is not None:
+        np.save(out / f"{'valid' if valid.name == 'validation' else valid.name}_probs.npy", val_probs)
+        scores["inference_per_second"] = len(valid) / max(inf_seconds, 1e-9)
+        if valid.labels is None:  # e.g. a test split: an official run file, nothing to score
+            from .predict import write_labels_tsv
+
+            write_labels_tsv(out / f"run-{valid.name}.tsv", valid.ids, apply_thresholds(val_probs, th))
+    scores["train_seconds"] = train_seconds
+    scores["finish_seconds"] = finish_seconds
     atomic_write_json(out / "scores.json", scores)
     return TrainResult(model=model, history=state["history"], scores=scores, train_seconds=train_seconds,
                        out_dir=out)
+
+
+def _choose_hierarchy(model: ValueDetector, config: TrainConfig, dev: ValueEvalSplit
+                      ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Held-out probabilities with the hierarchy weight chosen on the held-out part (0 when off)."""
+    assert dev.labels is not None
+    texts = dev.texts()
+    if not config.hierarchy:
+        model.hierarchy_weight = 0.0
+        return predict_proba(model, texts, batch_size=config.eval_batch_size, bf16=config.bf16), {"weight": 0.0}
+    tried: dict[str, float] = {}
+    best: tuple[float, float, np.ndarray] | None = None
+    for w in HIERARCHY_WEIGHTS:
+        p = predict_proba(model, texts, batch_size=config.eval_batch_size, bf16=config.bf16, hierarchy_weight=w)
+        f = evaluate(dev.labels, apply_thresholds(p, tune_thresholds(p, dev.labels,
+                                                                     objective=config.threshold_objective))).f1
+        tried[str(w)] = f
+        if best is None or f > best[0] + 1e-9:
+            best = (f, w, p)
+    assert best is not None
+    model.hierarchy_weight = best[1]
+    return best[2], {"weight": best[1], "heldout_f1_by_weight": tried}
+
+
+HIERARCHY_WEIGHTS = (0.0, 0.25, 0.5)
+
+
+def calibration_report(probs: np.ndarray, gold: np.ndarray, calibrator: Any) -> dict[str, Any]:
+    """Expected calibration error per category on a labelled split, raw and calibrated."""
+    from .calibration import expected_calibration_error
+
+    raw = expected_calibration_error(probs, gold)
+    cal = expected_calibration_error(calibrator.transform(probs), gold)
+    cats = calibrator.categories
+    return {"method": calibrator.method, "ece_raw_mean": float(raw.mean()), "ece_mean": float(cal.mean()),
+            "ece_raw": dict(zip(cats, map(float, raw), strict=True)),
+            "ece": dict(zip(cats, map(float, cal), strict=True))}
 
 
 def finalize_thresholds(model: ValueDetector, config: TrainConfig, dev: ValueEvalSplit, valid: ValueEvalSplit,
@@ -685,6 +889,40 @@ def retune_detector(folder: str | os.PathLike[str], train: ValueEvalSplit, valid
     meta["info"]["retuned"] = {"objective": objective}
     atomic_write_json(folder / "detector.json", meta)
     return scores
+
+
+def heldout_of(det: ValueDetector | EnsembleDetector, train: ValueEvalSplit) -> ValueEvalSplit:
+    """The held-out training arguments a saved detector tuned its thresholds on (rebuilt from its train config;
+    an ensemble's is its first neural member's, shared by construction)."""
+    member = det if isinstance(det, ValueDetector) else next(
+        (m for m in det.members if isinstance(m, ValueDetector)), None)
+    tc = dict(member.info.get("train_config") or {}) if member is not None else {}
+    if not tc or tc.get("threshold_source", "heldout") != "heldout":
+        raise ConfigError("this detector has no held-out training part recorded (train_config with "
+                          "threshold_source=heldout); calibrate needs one")
+    base = train.head(tc.get("max_train"))
+    _, dev_idx = heldout_split(base, tc.get("heldout_frac", 0.1), _split_seed(tc.get("seed", 0),
+                                                                             tc.get("heldout_seed")))
+    return base.subset(dev_idx)
+
+
+def calibrate_detector(folder: str | os.PathLike[str], train: ValueEvalSplit, *, method: str = "platt",
+                       valid: ValueEvalSplit | None = None, bf16: bool = False) -> dict[str, Any]:
+    """Fit (or refit) a saved detector's calibration on its held-out training part; write ``calibration.json``.
+    With a labelled ``valid`` the returned dict holds the expected calibration error there, raw and calibrated."""
+    from .calibration import Calibrator
+
+    folder = Path(folder).expanduser()
+    det = load_detector(folder)
+    dev = heldout_of(det, train)
+    assert dev.labels is not None
+    cal = Calibrator.fit(det.predict_proba(dev.texts(), bf16=bf16), dev.labels, method, det.categories)
+    cal.info["fitted_on"] = f"{len(dev)} held-out training arguments (whole conclusions)"
+    cal.save(folder)
+    out: dict[str, Any] = {"method": method, "n_fit": len(dev)}
+    if valid is not None and valid.labels is not None:
+        out.update(calibration_report(det.predict_proba(valid.texts(), bf16=bf16), valid.labels, cal))
+    return out
 
 
 def crossfit_scores(probs: np.ndarray, gold: np.ndarray, seed: int = 0, objective: str = "macro") -> Scores:
@@ -765,6 +1003,7 @@ class EnsembleDetector:
         self.thresholds = np.full(len(cats), 0.5) if thresholds is None else np.asarray(thresholds, float)
         self.encoder_name = "+".join(m.encoder_name for m in members)
         self.info: dict[str, Any] = {}
+        self.calibrator: Any = None
 
     def predict_proba(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
         return np.tensordot(self.weights, np.stack([m.predict_proba(texts, **kw) for m in self.members]), axes=1)
@@ -795,6 +1034,8 @@ class EnsembleDetector:
             "format": "valuelens-ensemble/1", "members": len(self.members), "weights": self.weights.tolist(),
             "categories": self.categories, "encoder": self.encoder_name, "info": self.info,
             "loader": "valuelens.detect.finetune.load_detector(folder)"})
+        if self.calibrator is not None:
+            self.calibrator.save(folder)
         return folder
 
     @classmethod
@@ -810,6 +1051,9 @@ class EnsembleDetector:
         th = json.loads((folder / "thresholds.json").read_text())["thresholds"]
         ens = cls(members, np.array([th[c] for c in cfg["categories"]]), weights=cfg.get("weights"))
         ens.info = cfg.get("info", {})
+        from .calibration import Calibrator
+
+        ens.calibrator = Calibrator.load(folder)
         return ens
 
 
@@ -825,16 +1069,19 @@ def load_detector(folder: str | os.PathLike[str]) -> ValueDetector | EnsembleDet
     return ValueDetector.from_pretrained(folder)
 
 
-def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEvalSplit, valid: ValueEvalSplit,
-                   out: str | os.PathLike[str], *, bf16: bool = False, tfidf: bool = False,
-                   tfidf_weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5)
-                   ) -> tuple[EnsembleDetector, dict[str, Any]]:
+def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEvalSplit,
+                   valid: ValueEvalSplit | None, out: str | os.PathLike[str], *, bf16: bool = False,
+                   tfidf: bool = False, tfidf_weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
+                   calibration: str = "platt") -> tuple[EnsembleDetector, dict[str, Any]]:
     """Average trained detectors; tune thresholds on the members' shared held-out training part.
 
     All members must have been trained with ``threshold_source=heldout`` and the same seed, held-out
     fraction and ``max_train`` (so they share the held-out arguments, none of which any member trained on).
     ``tfidf``: also fit a TF-IDF + logistic-regression member on the same training part; its weight is the
     one of ``tfidf_weights`` with the best held-out macro-F1 (validation is never used for choices).
+    ``calibration``: per-category calibration fitted on the held-out part (``none`` to skip). ``valid``
+    (labelled) is scored at the end; ``None`` skips scoring. The returned scores hold ``eval_seconds``, the
+    time spent on ``valid``.
     """
     members = [ValueDetector.from_pretrained(d) for d in model_dirs]
     keys = ("split_seed", "heldout_frac", "max_train", "threshold_source")
@@ -849,7 +1096,7 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
     base = train.head(cfgs[0]["max_train"])
     _, dev_idx = heldout_split(base, cfgs[0]["heldout_frac"], cfgs[0]["split_seed"])
     dev = base.subset(dev_idx)
-    assert dev.labels is not None and valid.labels is not None
+    assert dev.labels is not None
     all_members: list[Any] = list(members)
     dirs: list[str | os.PathLike[str] | None] = list(model_dirs)
     weights = [1.0] * len(members)
@@ -858,7 +1105,7 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
 
         fit_idx = np.setdiff1d(np.arange(len(base)), dev_idx)
         fit = base.subset(fit_idx)
-        tf = TfidfMember(TfidfLogReg().fit(fit.arguments, fit.labels))
+        tf = TfidfMember(TfidfLogReg().fit(fit.arguments, fit.labels, tune=False))  # ensemble tunes its own
         neural = EnsembleDetector(list(members))
         dev_texts = dev.texts()
         pn, pt = neural.predict_proba(dev_texts, bf16=bf16), tf.predict_proba(dev_texts)
@@ -873,16 +1120,32 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
         all_members.append(tf)
         dirs.append(None)
     ens = EnsembleDetector(all_members, weights=weights)
-    ens.thresholds = tune_thresholds(ens.predict_proba(dev.texts(), bf16=bf16), dev.labels)
-    probs = ens.predict_proba(valid.texts(), bf16=bf16)
-    scores = {
-        "heldout": evaluate(valid.labels, apply_thresholds(probs, ens.thresholds)).as_dict(),
-        "crossfit": crossfit_scores(probs, valid.labels).as_dict(),
-        "validation_tuned": evaluate(valid.labels, apply_thresholds(probs, tune_thresholds(probs, valid.labels))
-                                     ).as_dict(),
-    }
+    dev_probs = ens.predict_proba(dev.texts(), bf16=bf16)
+    ens.thresholds = tune_thresholds(dev_probs, dev.labels)
+    if calibration != "none":
+        from .calibration import Calibrator
+
+        ens.calibrator = Calibrator.fit(dev_probs, dev.labels, calibration, ens.categories)
+        ens.calibrator.info["fitted_on"] = f"{len(dev)} held-out training arguments (whole conclusions)"
+    scores: dict[str, Any] = {}
+    t_eval = time.time()
+    if valid is not None and valid.labels is not None:
+        probs = ens.predict_proba(valid.texts(), bf16=bf16)
+        inf_s = time.time() - t_eval
+        held = evaluate(valid.labels, apply_thresholds(probs, ens.thresholds))
+        scores = {
+            "heldout": held.as_dict(),
+            "crossfit": crossfit_scores(probs, valid.labels).as_dict(),
+            "validation_tuned": evaluate(valid.labels, apply_thresholds(probs, tune_thresholds(probs, valid.labels))
+                                         ).as_dict(),
+            "precision": held.precision, "recall": held.recall, "f1": held.f1, "main": "heldout",
+            "inference_per_second": len(valid) / max(inf_s, 1e-9),
+        }
+        if ens.calibrator is not None:
+            scores["calibration"] = calibration_report(probs, valid.labels, ens.calibrator)
+    eval_seconds = time.time() - t_eval
     ens.info = {"members": [str(d) for d in model_dirs] + (["tfidf"] if tfidf else []),
                 "weights": ens.weights.tolist(), "scores": scores}
     ens.save_pretrained(out, member_dirs=dirs, threshold_info={
         "source": "heldout", "tuned_on": f"{len(dev)} held-out training arguments (whole conclusions)"})
-    return ens, scores
+    return ens, {**scores, "eval_seconds": eval_seconds}

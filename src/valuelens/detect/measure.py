@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DataError
 from ..values import VALUEEVAL_CATEGORIES
 
-__all__ = ["Scores", "apply_thresholds", "evaluate", "tune_thresholds"]
+__all__ = ["Scores", "apply_thresholds", "bootstrap_scores", "evaluate", "tune_thresholds"]
 
 
 @dataclass
@@ -152,3 +152,49 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None
         if not changed:
             break
     return th
+
+
+def bootstrap_scores(gold: np.ndarray, pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95, categories: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
+    """Percentile bootstrap CIs (arguments resampled with replacement) for the official macro P/R/F1 and for
+    each category's P/R/F1.
+
+    Returns ``{"macro": {"precision": [lo, hi], "recall": …, "f1": …}, "per_category": {c: {"f1": [lo, hi],
+    …}}, "n_boot", "level"}``. A resample in which a category has no gold positive is left out of that
+    category's interval (and out of the macro averages, as in the official measure).
+    """
+    g, p = _check(gold, pred)
+    n, c = g.shape
+    if categories is None:
+        categories = VALUEEVAL_CATEGORIES if c == len(VALUEEVAL_CATEGORIES) else [f"c{j}" for j in range(c)]
+    rng = np.random.default_rng(seed)
+    # Counts per resample from a multinomial weight per argument: [B, N] @ [N, C] (memory B*N floats).
+    tp_i, pp_i, gp_i = (g & p).astype(np.float64), p.astype(np.float64), g.astype(np.float64)
+    stats: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "r", "f", "mp", "mr", "mf")}
+    for s in range(0, n_boot, 200):
+        b = min(200, n_boot - s)
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # [b, N]
+        tp, pp, gp = w @ tp_i, w @ pp_i, w @ gp_i
+        prec = np.divide(tp, pp, out=np.zeros_like(tp), where=pp > 0)
+        rec = np.divide(tp, gp, out=np.full_like(tp, np.nan), where=gp > 0)
+        f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+        has = gp > 0
+        prec_h = np.where(has, prec, np.nan)
+        f1 = np.where(has, f1, np.nan)
+        mp, mr = np.nanmean(prec_h, axis=1), np.nanmean(rec, axis=1)
+        mf = np.divide(2 * mp * mr, mp + mr, out=np.zeros_like(mp), where=(mp + mr) > 0)
+        for k, v in (("p", prec_h), ("r", rec), ("f", f1), ("mp", mp), ("mr", mr), ("mf", mf)):
+            stats[k].append(v)
+    arr = {k: np.concatenate(v) for k, v in stats.items()}
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def ci(x: np.ndarray) -> list[float]:
+        x = x[~np.isnan(x)]
+        return [float(v) for v in np.percentile(x, q)] if len(x) else [float("nan"), float("nan")]
+
+    return {
+        "macro": {"precision": ci(arr["mp"]), "recall": ci(arr["mr"]), "f1": ci(arr["mf"])},
+        "per_category": {cat: {"precision": ci(arr["p"][:, j]), "recall": ci(arr["r"][:, j]),
+                               "f1": ci(arr["f"][:, j])} for j, cat in enumerate(categories)},
+        "n_boot": n_boot, "level": level,
+    }

@@ -1,10 +1,14 @@
 """The detector judge: a trained value detector (``valuelens detect train``) labels texts for Schwartz values.
 
-Calibration: the detector has a tuned threshold per ValueEval category. A Schwartz value is expressed when
-any of its categories passes its own threshold, i.e. when ``margin = max_c (p_c − t_c) ≥ 0``. The judge's
-score maps that margin to [0, 1] so that 0.5 is exactly the decision boundary: ``score = p_c* / (2 t_c*)``
-below the threshold and ``0.5 + (p_c* − t_c*) / (2 (1 − t_c*))`` above it, for the category c* with the
-largest margin (a piecewise-linear recalibration that keeps the ranking of each category's probabilities).
+Labels: the detector has a tuned threshold per ValueEval category. A Schwartz value is expressed when any of
+its categories passes its own threshold, i.e. when ``margin = max_c (p_c − t_c) ≥ 0``.
+
+Scores: a detector trained with calibration (``calibration.json``, fitted on the held-out training
+conclusions, see :mod:`valuelens.detect.calibration`) gives calibrated per-category probabilities; a value's
+score is the largest calibrated probability among its categories — the probability that its most likely
+category is present, a lower bound on the value being present. Older detectors without a calibrator keep
+the threshold-anchored score: ``p_c* / (2 t_c*)`` below the threshold and ``0.5 + (p_c* − t_c*) / (2 (1 − t_c*))``
+above it, for the category c* with the largest margin (0.5 = the decision boundary).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..errors import ModelError
 from ..values import VALUE_NAMES, SchwartzValue, valueeval_to_schwartz_matrix
 from .base import Judge, JudgeResult, register_judge
 
-__all__ = ["DetectorJudge", "calibrated_value_scores"]
+__all__ = ["DetectorJudge", "calibrated_value_scores", "probability_value_scores"]
 
 
 def calibrated_value_scores(probs: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,6 +35,13 @@ def calibrated_value_scores(probs: np.ndarray, thresholds: np.ndarray) -> tuple[
     m = valueeval_to_schwartz_matrix().astype(bool)
     score = np.stack([cal[:, m[:, v]].max(1) for v in range(m.shape[1])], axis=1)
     return score, score >= 0.5
+
+
+def probability_value_scores(cal_probs: np.ndarray) -> np.ndarray:
+    """Calibrated category probabilities ``[N, 20]`` → value scores ``[N, 10]`` (max over the value's categories)."""
+    m = valueeval_to_schwartz_matrix().astype(bool)
+    cal_probs = np.asarray(cal_probs, dtype=np.float64)
+    return np.stack([cal_probs[:, m[:, v]].max(1) for v in range(m.shape[1])], axis=1)
 
 
 @register_judge("detector")
@@ -67,8 +78,15 @@ class DetectorJudge(Judge):
         probs = (self.detector.predict_proba(inputs, batch_size=self.batch_size, bf16=self.bf16)
                  if inputs else np.zeros((0, len(self.detector.categories))))
         score, expressed = calibrated_value_scores(probs, self.detector.thresholds)
+        cal = getattr(self.detector, "calibrator", None)
+        cal_probs = cal.transform(probs) if cal is not None and len(probs) else None
+        if cal_probs is not None:
+            score = probability_value_scores(cal_probs)
         cols = [VALUE_NAMES.index(v.name) for v in values]
         raw = [{"categories": dict(zip(self.detector.categories, map(float, p), strict=True))} for p in probs]
+        if cal_probs is not None:
+            for r, cp in zip(raw, cal_probs, strict=True):
+                r["calibrated"] = dict(zip(self.detector.categories, map(float, cp), strict=True))
         return JudgeResult(values=list(values), labels=expressed[:, cols].astype(bool), scores=score[:, cols],
                            valid=np.ones((len(inputs), len(cols)), dtype=bool), raw=raw)
 
@@ -80,4 +98,7 @@ class DetectorJudge(Judge):
         return {"name": self.name, "model": str(self.path), "sha256": self._hash,
                 "encoder": self.detector.encoder_name,
                 "thresholds": dict(zip(self.detector.categories, map(float, self.detector.thresholds), strict=True)),
-                "calibration": "piecewise-linear, 0.5 = per-category tuned threshold; value = max over categories"}
+                "calibration": (f"{self.detector.calibrator.method} on held-out training arguments; value score = "
+                                "max calibrated category probability; labels = tuned thresholds"
+                                if getattr(self.detector, "calibrator", None) is not None else
+                                "piecewise-linear, 0.5 = per-category tuned threshold; value = max over categories")}
