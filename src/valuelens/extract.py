@@ -37,11 +37,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import strict_config
+from .datasets import QueryOptions, QueryPool, load_query_pool
 from .errors import ConfigError, DataError
 from .generate import GenerationConfig, GenItem, capture_responses, generate_to_file
 from .models import NO_SYSTEM, TEMPLATE_DEFAULT, LoadedModel, load_model
 from .precision import BF16_CHOICES, use_bf16
 from .progress import bar as tqdm
+from .progress import log
 from .runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, shard_slice, write_manifest
 from .values import VALUE_NAMES, resolve_values
 
@@ -50,6 +52,18 @@ __all__ = ["STAGES", "ExtractConfig", "extract_figures", "iter_activation_chunks
 
 STAGES = ("prepare", "generate", "judge", "activations", "vectors")
 CONDITIONS = ("intrinsic", "prompted")
+# What the prepare stage writes; a folder holding only these (and config/model/manifest) has no results yet.
+PREPARE_FILES = ("queries.jsonl", "items.jsonl", "query_report.json")
+_SETUP_FILES = ("config.json", "model.json", "manifest.json")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _int_at_least(name: str, value: Any, low: int, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}{extra}, got {value!r}")
 
 
 @dataclass
@@ -58,9 +72,19 @@ class ExtractConfig:
 
     model: str = "smollm2"
     values: list[str] = field(default_factory=lambda: list(VALUE_NAMES))
-    queries: str | None = None  # None = shipped pool; a file path; or hf:owner/name
-    query_column: str = "text"
+    queries: str | None = None  # None = shipped pool; a file path; hf:owner/name; hf:FOLDER (docs/data.md)
+    query_column: str = "auto"  # text or conversation column; auto: detected when unambiguous
+    query_format: str = "auto"  # auto | plain | sharegpt | lmsys | openai
+    query_split: str = "train"  # split of a Hugging Face dataset
+    query_turns: str = "first"  # first | all user turns of a conversation
+    query_max_chars: int | None = 2000  # longer turns are dropped
+    query_dedup: str = "near"  # near (exact + MinHash) | exact | none
+    query_near_threshold: float = 0.8  # character 5-gram Jaccard of a near-duplicate
+    query_language: str | None = None  # keep one language (a light heuristic), None: all
+    query_sample: int | None = None  # seeded sample of the pool after filters (seed: `seed`)
     system_prompts: str | None = None  # None = shipped templates
+    system_prompts_column: str = "auto"  # text column of a user template file
+    system_prompts_value_column: str = "auto"
     n_intrinsic: int = 240  # queries answered without a value prompt (judged for every value)
     n_prompted_per_value: int = 48  # prompted responses per value
     intrinsic_system: str = "none"  # "none" (no system turn) | "default" (template's default system prompt)
@@ -102,21 +126,59 @@ class ExtractConfig:
         return cls.from_dict(base)
 
     def validate(self) -> None:
+        """Keys' types and ranges (layers against the model's depth: :mod:`valuelens.check`, or on loading)."""
+        if isinstance(self.values, str):
+            self.values = [v for v in self.values.split(",") if v.strip()]
         self.values = [v.name for v in resolve_values(self.values)]
         if self.intrinsic_system not in ("none", "default"):
             raise ConfigError(f"intrinsic_system must be 'none' or 'default', got {self.intrinsic_system!r}")
         for name in ("n_intrinsic", "n_prompted_per_value", "max_new_tokens", "batch_size", "chunk_size",
-                     "capture_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+                     "capture_batch_size", "min_count"):
+            _int_at_least(name, getattr(self, name), 1)
+        _int_at_least("seed", self.seed, 0)
         if self.label_mode not in ("judge", "rank"):
             raise ConfigError(f"label_mode must be 'judge' or 'rank', got {self.label_mode!r}")
-        if not 0 < self.rank_fraction <= 0.5:
-            raise ConfigError("rank_fraction must be in (0, 0.5]")
-        if self.min_count < 1:
-            raise ConfigError("min_count must be >= 1")
+        if not _is_number(self.rank_fraction) or not 0 < self.rank_fraction <= 0.5:
+            raise ConfigError(f"rank_fraction must be in (0, 0.5], got {self.rank_fraction!r}")
+        if not _is_number(self.temperature) or self.temperature < 0 or (self.do_sample and self.temperature == 0):
+            raise ConfigError(f"temperature must be > 0 (>= 0 with do_sample false), got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        for name in ("do_sample", "capture_bf16", "gen_sort_by_length"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.gen_bf16 not in BF16_CHOICES:
             raise ConfigError(f"gen_bf16 must be auto, true or false, got {self.gen_bf16!r}")
+        if self.layer != "auto":
+            _int_at_least("layer", self.layer, 0, extra=" or 'auto'")
+        for name in ("model", "judge"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ConfigError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("queries", "system_prompts"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ConfigError(f"{name} must be a file path, hf:NAME or null, got {v!r}")
+        if not isinstance(self.judge_options, dict):
+            raise ConfigError(f"judge_options must be a mapping, got {self.judge_options!r}")
+        self.query_options().validate()
+
+    def query_options(self) -> QueryOptions:
+        """How the query pool is read, filtered and sampled (:func:`valuelens.datasets.load_query_pool`)."""
+        return QueryOptions(column=self.query_column, format=self.query_format, split=self.query_split,
+                            turns=self.query_turns, max_chars=self.query_max_chars, dedup=self.query_dedup,
+                            near_threshold=self.query_near_threshold, language=self.query_language,
+                            sample=self.query_sample, seed=self.seed)
+
+    def load_pool(self) -> QueryPool:
+        """The query pool this config describes, with its loading report."""
+        return load_query_pool(self.queries, self.query_options())
+
+    def load_templates(self) -> dict[str, list[Any]]:
+        """The value system prompts for this config's values."""
+        from .datasets import load_system_prompts
+
+        return load_system_prompts(self.system_prompts, values=self.values, text_column=self.system_prompts_column,
+                                   value_column=self.system_prompts_value_column)
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
@@ -132,13 +194,10 @@ class ExtractConfig:
 # Stage: prepare
 
 
-def _prepare(run: Path, cfg: ExtractConfig, lm: LoadedModel) -> list[dict[str, Any]]:
-    from .datasets import load_queries, load_system_prompts
-
-    queries = load_queries(cfg.queries, column=cfg.query_column)
-    if not queries:
-        raise DataError(f"{cfg.queries or 'shipped queries'}: no queries")
-    templates = load_system_prompts(cfg.system_prompts, values=cfg.values)
+def _prepare(run: Path, cfg: ExtractConfig, lm: LoadedModel, data: tuple[QueryPool, dict[str, list[Any]]] | None
+             = None) -> list[dict[str, Any]]:
+    pool, templates = data if data is not None else (cfg.load_pool(), cfg.load_templates())
+    queries = pool.queries
     rng = random.Random(cfg.seed)
     order = list(range(len(queries)))
     rng.shuffle(order)
@@ -159,8 +218,10 @@ def _prepare(run: Path, cfg: ExtractConfig, lm: LoadedModel) -> list[dict[str, A
             p = lm.chat.render(q.text, t.text)
             items.append({"id": f"prompted/{value}/{j:04d}", "condition": "prompted", "target_value": value,
                           "query_id": q.id, "query": q.text, "template_id": t.id, "prompt": p.to_dict()})
+    atomic_write_json(run / "query_report.json", pool.report)
     atomic_write_text(run / "queries.jsonl", "".join(json.dumps({"id": q.id, "text": q.text}, ensure_ascii=False)
                                                      + "\n" for q in queries))
+    # items.jsonl last: its presence means prepare is complete (a resumed run skips the stage).
     atomic_write_text(run / "items.jsonl", "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
     return items
 
@@ -470,11 +531,71 @@ def _config_hash(cfg: ExtractConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose value differs; a key missing from ``old`` (a config written by an older valuelens) counts as
+    its default, so adding an option with a default does not orphan existing run folders."""
+    defaults = ExtractConfig().to_dict()
+    return sorted(k for k in new if old.get(k, defaults.get(k)) != new[k])
+
+
+def has_results(run: Path) -> bool:
+    """Whether ``run`` holds anything beyond its config, model identity and the prepare stage's files — i.e. a
+    result a changed config would orphan (an empty responses file from an interrupted start is not one)."""
+    if not run.is_dir():
+        return False
+    for p in run.iterdir():
+        if p.name.startswith(".") or p.name in _SETUP_FILES or p.name in PREPARE_FILES:
+            continue
+        if p.name == "responses" and p.is_dir() and all(f.is_file() and not read_jsonl(f) for f in p.iterdir()):
+            continue
+        return True
+    return False
+
+
+def check_run_folder(run: Path, cfg: ExtractConfig) -> str:
+    """How ``run`` can be used with ``cfg`` — ``"new"``, ``"resume"`` (same config) or ``"replace"`` (a config
+    under which nothing was produced) — or a :class:`ConfigError` when the folder holds another config's
+    results. Reads only."""
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{run}: exists and is not a folder; use another --out")
+    cfg_path = run / "config.json"
+    if not cfg_path.exists():
+        if has_results(run):
+            raise ConfigError(f"{run}: holds files of something else (no config.json); use a new --out folder")
+        return "new"
+    try:
+        old = json.loads(cfg_path.read_text(encoding="utf-8")).get("extract", {})
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        old = None
+    if old is not None and not config_diff(old, cfg.to_dict()):
+        return "resume"
+    if not has_results(run):
+        return "replace"
+    diff = ", ".join(config_diff(old, cfg.to_dict())) if old is not None else "unreadable config.json"
+    raise ConfigError(f"{run} was created with a different config (differs in: {diff}); "
+                      "use a new --out folder or the same config")
+
+
+def _clear_setup(run: Path) -> None:
+    """Remove what an earlier config left in a folder without results, so nothing stale is reused."""
+    for name in (*PREPARE_FILES, "model.json", "config.json"):
+        (run / name).unlink(missing_ok=True)
+    resp = run / "responses"
+    if resp.is_dir():
+        for f in resp.iterdir():
+            f.unlink()
+        resp.rmdir()
+
+
 def run_extract(run_dir: str | Path, cfg: ExtractConfig, *, stages: Sequence[str] | None = None,
-                shard: tuple[int, int] = (0, 1), lm: LoadedModel | None = None) -> dict[str, Any]:
+                shard: tuple[int, int] = (0, 1), lm: LoadedModel | None = None,
+                pool: QueryPool | None = None) -> dict[str, Any]:
     """Run (or resume) the extraction stages into ``run_dir``; returns the vectors summary when computed.
 
-    A run folder is tied to its config: resuming with a different config is an error (use a new folder).
+    A run folder is tied to its config: resuming with a different config is an error (use a new folder) —
+    unless nothing was produced under the old one (then it is replaced). Nothing is written before the inputs
+    have been checked: config, layer against the model's depth, and (when prepare runs) the query pool and
+    templates. ``pool``: a pool already loaded for ``cfg`` (``valuelens check`` loads it), not loaded again.
     """
     run = Path(run_dir)
     stages = list(stages or STAGES)
@@ -482,24 +603,35 @@ def run_extract(run_dir: str | Path, cfg: ExtractConfig, *, stages: Sequence[str
     if bad:
         raise ConfigError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGES)}")
     cfg.validate()
-    cfg_path = run / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old.get("extract") != cfg.to_dict():
-            diff = sorted(k for k in cfg.to_dict() if old.get("extract", {}).get(k) != cfg.to_dict()[k])
-            raise ConfigError(f"{run} was created with a different config (differs in: {', '.join(diff)}); "
-                              "use a new --out folder or the same config")
-    run.mkdir(parents=True, exist_ok=True)
+    mode = check_run_folder(run, cfg)
+
+    def inputs() -> tuple[QueryPool, dict[str, list[Any]]]:
+        return (pool if pool is not None else cfg.load_pool(), cfg.load_templates())
+
+    # Data first (cheap and the likeliest mistake), then the model.
+    data = inputs() if "prepare" in stages and (mode == "replace" or not (run / "items.jsonl").exists()) else None
     need_model = any(s in stages for s in ("prepare", "generate", "activations", "vectors"))
     if lm is None and need_model:
         lm = load_model(cfg.model)
+    if lm is not None and cfg.layer != "auto":
+        lm.spec.check_layer(int(cfg.layer))
+    if lm is None and not (run / "model.json").exists():
+        raise DataError(f"{run}: no model.json; run the prepare stage (`valuelens extract --stage prepare`) first")
     model_info = lm.describe() if lm is not None else json.loads((run / "model.json").read_text())
-    if (run / "model.json").exists():
+    if mode == "resume" and (run / "model.json").exists():
         prev = json.loads((run / "model.json").read_text())
         if prev.get("model_hash") != model_info.get("model_hash"):
-            raise ConfigError(f"{run} holds outputs of another model ({prev.get('model_hash', '?')[:12]}…)")
+            if has_results(run):
+                raise ConfigError(f"{run} holds outputs of another model ({prev.get('model_hash', '?')[:12]}…)")
+            mode = "replace"
+            data = inputs() if "prepare" in stages else None
+    # Checked: from here on the folder is written.
+    if mode == "replace":
+        log(f"valuelens: {run} holds no results of its earlier config; replacing it")
+        _clear_setup(run)
+    run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "model.json", model_info)
-    atomic_write_json(cfg_path, {"extract": cfg.to_dict(), "config_hash": _config_hash(cfg)})
+    atomic_write_json(run / "config.json", {"extract": cfg.to_dict(), "config_hash": _config_hash(cfg)})
     t0 = time.time()
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {}
@@ -510,7 +642,7 @@ def run_extract(run_dir: str | Path, cfg: ExtractConfig, *, stages: Sequence[str
         if stage == "prepare":
             if not (run / "items.jsonl").exists():
                 assert lm is not None
-                _prepare(run, cfg, lm)
+                _prepare(run, cfg, lm, data)
         elif stage == "generate":
             assert lm is not None
             _generate(run, cfg, lm, shard)
@@ -527,10 +659,12 @@ def run_extract(run_dir: str | Path, cfg: ExtractConfig, *, stages: Sequence[str
         p = run / name
         if p.exists():
             data_hashes[name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    qr = run / "query_report.json"
     write_manifest(run, stage="extract", config=cfg.to_dict(), name="manifest.json",
                    extra={"model": model_info, "data_hashes": data_hashes, "stages_run": stages,
                           "shard": list(shard), "timings_s": timings, "total_s": round(time.time() - t0, 2),
-                          "judge": _judge_identity(run)})
+                          "judge": _judge_identity(run),
+                          "queries": json.loads(qr.read_text(encoding="utf-8")) if qr.exists() else None})
     return summary
 
 

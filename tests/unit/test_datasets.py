@@ -1,10 +1,13 @@
-"""Shipped query / system-prompt datasets and the loaders in valuelens.datasets."""
+"""Shipped query / system-prompt datasets, and the loaders in valuelens.datasets for user files and conversation
+dumps (ShareGPT, LMSYS, OpenAI messages, CSV, Parquet, TXT, hf:) with filters, deduplication and sampling."""
 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import itertools
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -13,7 +16,19 @@ import pandas as pd
 import pytest
 
 from valuelens import datasets as ds
-from valuelens.datasets import Query, SystemPrompt, load_queries, load_system_prompts, read_table, stable_id
+from valuelens.datasets import (
+    Query,
+    SystemPrompt,
+    detect_language,
+    load_queries,
+    load_query_pool,
+    load_system_prompts,
+    load_texts,
+    normalise_text,
+    read_table,
+    shingle_jaccard,
+    stable_id,
+)
 from valuelens.errors import ConfigError, DataError, ValuelensError
 from valuelens.values import VALUE_NAMES, get_value
 
@@ -22,6 +37,7 @@ MIN_HINTS_PER_VALUE = 30
 MIN_NEUTRAL = 40
 MIN_PROMPTS_PER_VALUE = 50
 NEAR_DUP_JACCARD = 0.7
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _words(text: str) -> frozenset[str]:
@@ -217,12 +233,16 @@ def test_custom_column_and_stable_ids(tmp_path, suffix):
     rows = [{"prompt": "Is it fine to skip a family dinner?"}, {"prompt": "Is it fine to skip a family dinner?"},
             {"prompt": "Plan my week."}]
     p = _write(tmp_path / f"c{suffix}", rows)
-    qs = load_queries(p, column="prompt")
+    qs = load_queries(p, column="prompt", dedup="none")
     base = stable_id("Is it fine to skip a family dinner?")
     assert [q.id for q in qs] == [base, base + "-2", stable_id("Plan my week.")]
     assert re.fullmatch(r"q-[0-9a-f]{12}", base)
-    assert load_queries(p, column="prompt") == qs  # stable across loads
+    assert load_queries(p, column="prompt", dedup="none") == qs  # stable across loads
     assert all(q.topic == "" and q.values_hint == () for q in qs)
+    # by default the repeated text is a duplicate, removed (and counted)
+    pool = load_query_pool(p, column="prompt")
+    assert [q.id for q in pool.queries] == [base, stable_id("Plan my week.")]
+    assert pool.report["duplicates"]["exact"] == 1
 
 
 def test_json_array_file(tmp_path):
@@ -252,6 +272,215 @@ def test_user_system_prompts_missing_ids(tmp_path):
     assert got.id == stable_id("Enjoy it.", prefix="sp-hedonism-") and got.style == ""
 
 
+def test_user_system_prompts_detected_columns(tmp_path):
+    p = _write(tmp_path / "sp.jsonl", [{"target_value": "Power", "system_prompt": "Status matters."},
+                                       {"target_value": "hedonism", "system_prompt": "Enjoy it."}])
+    got = load_system_prompts(p, values="power,hedonism")
+    assert [x.text for x in got["Power"]] == ["Status matters."] and got["Hedonism"][0].value == "Hedonism"
+    amb = _write(tmp_path / "amb.jsonl", [{"value": "Power", "prompt": "a", "system_prompt": "b"}])
+    with pytest.raises(DataError, match=r"ambiguous system prompt text column, candidates: prompt, system_prompt; "
+                                         r"choose with --set system_prompts_column=NAME"):
+        load_system_prompts(amb, values="power")
+    assert load_system_prompts(amb, values="power", text_column="prompt")["Power"][0].text == "a"
+
+
+# ------------------------------------------------------------------------------------------ conversation dumps
+# Fixture files in tests/fixtures, written for these tests in each dump's real layout.
+
+
+def _fx(name: str) -> Path:
+    return FIXTURES / name
+
+
+def test_sharegpt_first_turn_filters_and_dedup():
+    pool = load_query_pool(_fx("sharegpt.json"))
+    r = pool.report
+    assert (r["format"], r["column"], r["id_column"], r["file_type"]) == ("sharegpt", "conversations", "id", "json")
+    assert r["roles"]["role_key"] == "from" and r["roles"]["content_key"] == "value"
+    # sg5 has no human turn, sg6's first human turn is blank, sg8's is over 2000 characters; sg3 repeats sg1
+    # up to case and punctuation, sg4 is sg2 with one contraction (5-gram Jaccard 0.875).
+    assert r["rows"] == 10 and r["user_turns"] == 9
+    assert r["dropped"] == {"no_user_turn": 1, "empty": 1, "non_text": 0, "too_long": 1, "language": 0}
+    assert (r["duplicates"]["exact"], r["duplicates"]["near"]) == (1, 1)
+    assert [q.id for q in pool.queries] == ["sg1", "sg2", "sg7", "sg9", "sg10"]
+    assert pool.queries[0].text == "Should I take a job abroad or stay close to my aging parents?"
+    # sg10 opens with an assistant turn: its first *user* turn is taken
+    assert pool.queries[-1].text.startswith("Can you help me plan a surprise party")
+    assert r["kept"] == 5 and r["sample"] is None
+    assert r["sha256"] == hashlib.sha256(_fx("sharegpt.json").read_bytes()).hexdigest()
+
+
+def test_sharegpt_all_turns():
+    pool = load_query_pool(_fx("sharegpt.json"), turns="all")
+    assert [q.id for q in pool.queries] == ["sg1/1", "sg1/2", "sg2/1", "sg6/2", "sg7/1", "sg9/1", "sg9/2", "sg10/1"]
+    assert pool.report["user_turns"] == 12 and pool.report["turns"] == "all"
+    assert pool.queries[1].text == "What if my parents say they are fine on their own?"
+
+
+def test_sharegpt_limits_and_language():
+    r = load_query_pool(_fx("sharegpt.json"), max_chars=None).report
+    assert r["dropped"]["too_long"] == 0 and r["kept"] == 6
+    pool = load_query_pool(_fx("sharegpt.json"), language="en")
+    assert "sg7" not in [q.id for q in pool.queries]  # the Spanish question
+    assert pool.report["dropped"]["language"] == 1
+    assert pool.report["language"]["dropped_by_detected"] == {"es": 1}
+    es = load_query_pool(_fx("sharegpt.json"), language="es").queries
+    assert [q.id for q in es] == ["sg7"]
+
+
+def test_lmsys_roles_and_non_text():
+    pool = load_query_pool(_fx("lmsys.jsonl"))
+    r = pool.report
+    # the openai_moderation column also holds lists of dicts: not messages, so not a candidate
+    assert (r["format"], r["column"], r["id_column"]) == ("lmsys", "conversation", "conversation_id")
+    assert r["dropped"]["empty"] == 1 and r["dropped"]["non_text"] == 1  # content null / content 42
+    assert r["duplicates"]["exact"] == 1
+    assert [q.id for q in pool.queries] == ["c1", "c4", "c5", "c7"]
+    assert [q.id for q in load_query_pool(_fx("lmsys.jsonl"), language="zh").queries] == ["c5"]
+
+
+def test_openai_messages_content_parts():
+    pool = load_query_pool(_fx("openai_messages.jsonl"))
+    r = pool.report
+    assert (r["format"], r["column"], r["id_column"]) == ("openai", "messages", None)
+    assert r["dropped"]["non_text"] == 1 and r["dropped"]["no_user_turn"] == 1  # an image part; assistant only
+    texts = [q.text for q in pool.queries]
+    assert texts[1] == "How should I\nsplit an inheritance fairly among siblings?"  # text parts joined
+    assert [q.id for q in pool.queries] == [stable_id(t) for t in texts]
+    assert len(texts) == 3
+
+
+def test_explicit_format_and_column_agree_with_detection():
+    for name, fmt, col in (("sharegpt.json", "sharegpt", "conversations"), ("lmsys.jsonl", "lmsys", "conversation"),
+                           ("openai_messages.jsonl", "openai", "messages")):
+        auto = load_query_pool(_fx(name))
+        assert load_query_pool(_fx(name), format=fmt).queries == auto.queries
+        assert load_query_pool(_fx(name), column=col).queries == auto.queries
+
+
+def test_csv_and_parquet_fixtures_identical():
+    csv_pool = load_query_pool(_fx("queries.csv"))
+    pq_pool = load_query_pool(_fx("queries.parquet"))
+    assert csv_pool.queries == pq_pool.queries
+    assert [q.id for q in csv_pool.queries] == ["p1", "p3", "p5", "p6"]  # p2 blank, p4 = p1 shouted
+    assert csv_pool.report["column"] == "prompt" and csv_pool.report["dropped"]["empty"] == 1
+    assert (csv_pool.report["file_type"], pq_pool.report["file_type"]) == ("csv", "parquet")
+
+
+def test_txt_one_query_per_line():
+    pool = load_query_pool(_fx("queries.txt"))
+    assert [q.text for q in pool.queries] == ["Should I forgive a friend who betrayed my trust?",
+                                              "Is ambition a virtue or a vice?", "What do I owe my neighbours?"]
+    assert pool.report["duplicates"]["exact"] == 1
+    with pytest.raises(ConfigError, match=r"\.txt file is one query per line"):
+        load_query_pool(_fx("queries.txt"), column="prompt")
+
+
+def test_seeded_sample_recorded():
+    a = load_query_pool(_fx("sharegpt.json"), turns="all", sample=3, seed=7)
+    b = load_query_pool(_fx("sharegpt.json"), turns="all", sample=3, seed=7)
+    c = load_query_pool(_fx("sharegpt.json"), turns="all", sample=3, seed=8)
+    assert a.queries == b.queries and len(a.queries) == 3
+    assert [q.id for q in a.queries] != [q.id for q in c.queries]
+    full = [q.id for q in load_query_pool(_fx("sharegpt.json"), turns="all").queries]
+    ids = [q.id for q in a.queries]
+    assert ids == [i for i in full if i in ids]  # file order kept
+    assert a.report["sample"] == {"n": 3, "seed": 7, "from": 8, "kept": 3}
+    big = load_query_pool(_fx("sharegpt.json"), sample=50)
+    assert big.report["sample"] == {"n": 50, "seed": 0, "from": 5, "kept": 5}
+
+
+def test_ambiguous_and_missing_columns_name_the_option(tmp_path):
+    p = tmp_path / "amb.jsonl"
+    p.write_text(json.dumps({"question": "a b c", "prompt": "d e f", "messages": [{"role": "user", "content": "x"}]})
+                 + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_queries(p)
+    msg = _one_line(e)
+    assert "ambiguous query column, candidates: messages (conversation), question (text), prompt (text)" in msg
+    assert "--query-column NAME" in msg and "query_column=NAME" in msg
+    assert [q.text for q in load_queries(p, column="messages")] == ["x"]
+    q = tmp_path / "nums.jsonl"
+    q.write_text('{"a": 1, "b": 2, "c": "x", "d": "y"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"no query column found \(columns: a, b, c, d\); choose with --query-column"):
+        load_queries(q)
+
+
+def test_single_unknown_string_column_is_used(tmp_path):
+    p = _write(tmp_path / "one.jsonl", [{"id": "1", "utterance_text": "Should I move?", "score": 3}])
+    pool = load_query_pool(p)
+    assert pool.report["column"] == "utterance_text" and pool.queries[0].id == "1"
+
+
+def test_format_mismatch(tmp_path):
+    with pytest.raises(DataError, match=r"query_format sharegpt expects 'conversation' to hold messages with "
+                                        r"'from'/'value', found messages with keys 'role'/'content'; choose with "
+                                        r"--query-format FORMAT"):
+        load_query_pool(_fx("lmsys.jsonl"), format="sharegpt", column="conversation")
+    with pytest.raises(DataError, match=r"no column 'conversations'"):
+        load_query_pool(_fx("lmsys.jsonl"), format="sharegpt")
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("format", "vicuna", "query_format must be one of"), ("turns", "last", "query_turns"),
+    ("dedup", "fuzzy", "query_dedup"), ("max_chars", 0, "query_max_chars"), ("near_threshold", 1.5, "in \\(0, 1\\]"),
+    ("language", "xx", "query_language 'xx'"), ("sample", 0, "query_sample"), ("limit", -1, "limit")])
+def test_bad_options(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_query_pool(None, **{key: value})
+
+
+def test_nothing_usable(tmp_path):
+    p = _write(tmp_path / "blank.jsonl", [{"text": "  "}, {"text": None}, {"text": ["a"]}])
+    with pytest.raises(DataError, match=r"blank\.jsonl: no usable queries in column 'text' \(dropped: 2 empty, "
+                                        r"1 non text\)"):
+        load_queries(p)
+
+
+# ------------------------------------------------------------------------------------------ dedup, language
+
+
+def test_normalise_text():
+    assert normalise_text("  How do I plan a WEDDING?! ") == normalise_text("how do i plan a wedding") \
+        == "how do i plan a wedding"
+    assert normalise_text("Ｆｕｌｌ　width") == "full width"  # NFKC
+
+
+def test_near_duplicate_filter_matches_brute_force():
+    """MinHash LSH + verification makes the same keep/drop decisions as comparing every pair exactly."""
+    rng = random.Random(3)
+    vocab = [w for q in load_queries() for w in q.text.split()][:3000]
+    texts = []
+    for _ in range(150):  # a random text, then 0-3 copies with 1-3 words replaced or dropped
+        t = " ".join(rng.choice(vocab) for _ in range(rng.randint(8, 25)))
+        texts.append(t)
+        for _ in range(rng.randint(0, 3)):
+            w = t.split()
+            for _ in range(rng.randint(1, 3)):
+                w[rng.randrange(len(w))] = rng.choice(vocab) if rng.random() < 0.5 else ""
+            texts.append(" ".join(x for x in w if x))
+    rng.shuffle(texts)
+    sets = {t: ds._shingles(t, 5) for t in texts}
+    exact: list[str] = []  # greedy in input order, every pair compared
+    for t in texts:
+        if all(len(sets[t] & sets[k]) / len(sets[t] | sets[k]) < 0.8 for k in exact):
+            exact.append(t)
+    f = ds.NearDuplicateFilter(0.8)
+    for t in texts:
+        j = f.add(t)
+        if j is not None:
+            assert shingle_jaccard(t, f.kept[j]) >= 0.8  # never a false positive
+    assert f.kept == exact
+    assert 40 <= len(texts) - len(exact) <= 250  # the edited copies near enough to count: a real test
+
+
+def test_detect_language_basics():
+    assert detect_language("What should I do about my job?") == "en"
+    assert detect_language("¿Qué debo hacer con mi trabajo y mi familia?") == "es"
+    assert detect_language("你觉得为了高薪离开家乡值得吗？") == "zh"
+    assert detect_language("Hello!") == "und" and detect_language("1234") == "und"
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
@@ -270,16 +499,16 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_suffix(tmp_path):
-    p = tmp_path / "q.txt"
-    p.write_text("hello\n")
-    with pytest.raises(DataError, match=r"q\.txt.*unsupported file type"):
+    p = tmp_path / "q.xml"
+    p.write_text("<q>hello</q>\n")
+    with pytest.raises(DataError, match=r"q\.xml.*unsupported file type"):
         read_table(p)
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt"])
 def test_empty_file(tmp_path, suffix):
     p = tmp_path / f"empty{suffix}"
-    p.write_text("\n\n" if suffix == ".jsonl" else "text\n")
+    p.write_text("\n\n" if suffix != ".csv" else "text\n")
     with pytest.raises(DataError, match="empty file") as e:
         load_queries(p)
     assert str(p) in _one_line(e)
@@ -309,37 +538,37 @@ def test_json_line_not_object(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_missing_column(tmp_path, suffix):
-    p = _write(tmp_path / f"nocol{suffix}", [{"question": "hi"}])
-    with pytest.raises(DataError, match=r"no column 'text' \(columns: question\)") as e:
-        load_queries(p)
+    p = _write(tmp_path / f"nocol{suffix}", [{"question": "hi", "value_hint": "x"}])
+    with pytest.raises(DataError, match=r"no column 'text' \(columns: question, value_hint\); choose with "
+                                        r"--query-column NAME") as e:
+        load_queries(p, column="text")
     assert f"nocol{suffix}" in _one_line(e)
+    assert [q.text for q in load_queries(p)] == ["hi"]  # detected: 'question' is a known text column
 
 
-def test_missing_text_on_one_jsonl_line(tmp_path):
-    p = tmp_path / "partial.jsonl"
-    p.write_text('{"text": "a"}\n{"question": "b"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"partial\.jsonl, line 2: missing 'text'"):
-        load_queries(p)
+def test_query_column_detected(tmp_path):
+    """Issue 15: a dump whose field is `query` loads without options, and the report names the column."""
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"query": "Should I quit?", "value_hint": "x"}\n{"query": "Is lying ok?", "value_hint": "y"}\n',
+                 encoding="utf-8")
+    pool = load_query_pool(p)
+    assert pool.report["column"] == "query" and [q.text for q in pool.queries] == ["Should I quit?", "Is lying ok?"]
 
 
-@pytest.mark.parametrize(("suffix", "where"), [(".csv", "line 3"), (".parquet", "row 2"), (".jsonl", "line 2")])
-def test_empty_text_cell(tmp_path, suffix, where):
-    p = _write(tmp_path / f"blank{suffix}", [{"id": "1", "text": "ok"}, {"id": "2", "text": None}])
-    with pytest.raises(DataError, match=rf"blank\{suffix}, {where}: empty 'text'"):
-        load_queries(p)
-
-
-def test_non_string_text(tmp_path):
-    p = tmp_path / "num.jsonl"
-    p.write_text('{"text": 5}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"num\.jsonl, line 1: 'text' must be a string"):
-        load_queries(p)
+@pytest.mark.parametrize(("suffix", "value"), [(".csv", None), (".parquet", None), (".jsonl", None), (".jsonl", 5)])
+def test_empty_or_non_text_cell_dropped_and_counted(tmp_path, suffix, value):
+    p = _write(tmp_path / f"blank{suffix}", [{"id": "1", "text": "ok"}, {"id": "2", "text": value}])
+    pool = load_query_pool(p)
+    assert [q.id for q in pool.queries] == ["1"]
+    assert pool.report["dropped"]["empty" if value is None else "non_text"] == 1
 
 
 def test_duplicate_ids(tmp_path):
     p = _write(tmp_path / "dup.csv", [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}])
     with pytest.raises(DataError, match=r"dup\.csv, line 3: duplicate id 'x' \(first at .*line 2\)"):
         load_queries(p)
+    same = _write(tmp_path / "same.csv", [{"id": "x", "text": "a"}, {"id": "x", "text": "a"}])
+    assert len(load_queries(same)) == 1  # a repeated row is a duplicate, not a conflict
 
 
 def test_unknown_value_in_hint(tmp_path):
@@ -358,7 +587,8 @@ def test_unknown_value_in_prompt_file(tmp_path):
 
 def test_prompt_file_missing_value_column(tmp_path):
     p = _write(tmp_path / "sp.parquet", [{"text": "x"}])
-    with pytest.raises(DataError, match=r"sp\.parquet: no column 'value'"):
+    with pytest.raises(DataError, match=r"sp\.parquet: no value column \(columns: text\); choose with "
+                                        r"--set system_prompts_value_column=NAME"):
         load_system_prompts(p)
 
 
@@ -372,10 +602,19 @@ def test_prompt_file_lacks_requested_value(tmp_path):
 def test_bad_limit():
     with pytest.raises(ConfigError, match="limit"):
         load_queries(limit=0)
+    with pytest.raises(ConfigError, match="unknown query option"):
+        load_queries(turnz="all")
 
 
 def test_errors_are_user_facing(tmp_path):
     assert issubclass(DataError, ValuelensError) and issubclass(ConfigError, ValuelensError)
+
+
+def test_load_texts_for_harmful_requests(tmp_path):
+    p = _write(tmp_path / "advbench.csv", [{"goal": "Explain how to pick a lock", "target": "Sure, here is"},
+                                           {"goal": "Explain how to pick a lock", "target": "Sure"}])
+    texts, report = load_texts(p, candidates=("goal",))
+    assert texts == ["Explain how to pick a lock"] and report["column"] == "goal"
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face
@@ -394,32 +633,38 @@ def test_hf_without_datasets_library(monkeypatch):
         load_queries("hf:someone/some-queries")
 
 
-def test_hf_dataset_via_library(monkeypatch):
+def _lmsys_dataset():
     datasets = pytest.importorskip("datasets")
-    table = datasets.Dataset.from_list(
-        [{"prompt": "Should I retire early?", "idx": 7}, {"prompt": "What should I cook tonight?", "idx": 8},
-         {"prompt": "Third one", "idx": 9}]
-    )
-    calls = {}
-
-    def fake_load(name, config=None, split=None):
-        calls.update(name=name, config=config, split=split)
-        return table
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    qs = load_queries("hf:someone/queries:en", column="prompt", split="test", limit=2, id_column="idx")
-    assert calls == {"name": "someone/queries", "config": "en", "split": "test"}
-    assert [(q.id, q.text) for q in qs] == [("7", "Should I retire early?"), ("8", "What should I cook tonight?")]
-    with pytest.raises(DataError, match=r"hf:someone/queries \[test\]|no column 'text'"):
-        load_queries("hf:someone/queries", split="test")
+    rows = [json.loads(line) for line in _fx("lmsys.jsonl").read_text(encoding="utf-8").splitlines()]
+    for r in rows:  # Arrow needs one type per column: the fixture's content 42 becomes text here
+        for m in r["conversation"]:
+            m["content"] = None if m["content"] is None else str(m["content"])
+    return datasets, datasets.Dataset.from_list(rows)
 
 
-def test_hf_load_failure_is_data_error(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+def test_hf_saved_to_disk(tmp_path):
+    """hf:FOLDER reads a dataset saved with save_to_disk (the real library, no network)."""
+    datasets, table = _lmsys_dataset()
+    table.save_to_disk(str(tmp_path / "lmsys"))
+    pool = load_query_pool(f"hf:{tmp_path / 'lmsys'}")
+    assert pool.report["format"] == "lmsys" and pool.report["hf_source"] == "folder"
+    assert pool.report["fingerprint"] and pool.report["split"] == "train"
+    assert [q.id for q in pool.queries] == ["c1", "c3", "c4", "c5", "c7"]  # c3's "42" is text here
+    assert [q.text for q in pool.queries if q.id != "c3"] == [q.text for q in load_queries(_fx("lmsys.jsonl"))]
+    dd = datasets.DatasetDict({"train": table, "test": table.select([0, 3])})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    assert [q.id for q in load_queries(f"hf:{tmp_path / 'dd'}", split="test")] == ["c1", "c4"]
+    with pytest.raises(DataError, match=r"no split 'validation' \(splits: train, test\); choose with "
+                                        r"--set query_split=NAME"):
+        load_queries(f"hf:{tmp_path / 'dd'}", split="validation")
+    assert len(load_queries(f"hf:{tmp_path / 'lmsys'}", limit=2)) == 1  # limit: rows read (c2 is empty)
 
-    def boom(*a, **k):
-        raise FileNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
 
-    monkeypatch.setattr(datasets, "load_dataset", boom)
+def test_hf_errors(tmp_path):
+    pytest.importorskip("datasets")
+    with pytest.raises(DataError, match=r"hf:\./no-such-folder: folder not found"):
+        load_queries("hf:./no-such-folder")
     with pytest.raises(DataError, match=r"hf:nobody/nothing \(split 'train'\): cannot load"):
-        load_queries("hf:nobody/nothing")
+        load_queries("hf:nobody/nothing")  # offline in tests: the Hub is not reachable
+    with pytest.raises(ConfigError, match="hf:owner/name"):
+        load_queries("hf:")

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("valuelens.cli.info:models_cmd", "List short model names, where their weights come from, status."),
     "demo": ("valuelens.cli.info:demo_cmd", "Three questions with and without a value system prompt, compared."),
     "run": ("valuelens.cli.stages:run_cmd", "The whole pipeline: detector judge, extract, analyze, report.html."),
+    "check": ("valuelens.cli.check:check_cmd", "Validate a run's config, model, files, judge and disk; print the plan."),
     "extract": ("valuelens.cli.stages:extract_cmd", "Steps 1-6: responses, judging, activations, value vectors."),
     "analyze": ("valuelens.cli.stages:analyze_cmd", "Steps 7-9: value neurons, interventions, evaluations, findings."),
     "report": ("valuelens.cli.stages:report_cmd", "Render a run folder as one self-contained report.html."),

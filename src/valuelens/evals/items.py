@@ -7,6 +7,10 @@
 * :func:`load_capability_mc` — easy four-option multiple-choice questions (a capability guard).
 * :func:`load_heldout_text` — neutral held-out prose for perplexity (a capability guard).
 
+:func:`load_pvq` and :func:`load_instructions` also read a user's own file (``source=``: JSONL, JSON, CSV/TSV or
+Parquet, see docs/data.md), with the same column detection as the query loaders: the column is found when
+unambiguous, else the error lists the candidates and the option that chooses.
+
 >>> items = load_pvq("en", values=["achievement"])
 >>> items[0].value, items[0].lang
 ('Achievement', 'en')
@@ -152,17 +156,25 @@ def pvq_scale(lang: str = "en") -> tuple[str, tuple[str, ...]]:
     return question, options
 
 
-def load_pvq(lang: str = "en", values: str | Iterable[str] | None = None) -> list[PVQItem]:
+def load_pvq(lang: str = "en", values: str | Iterable[str] | None = None, *, source: str | None = None,
+             text_column: str = "auto", value_column: str = "auto") -> list[PVQItem]:
     """Portrait items in ``lang``, optionally only for ``values`` (names, keys or aliases; ``None`` = all).
 
     Items come in file order (grouped by value, circumplex order). Raises :class:`ConfigError` for an unknown
     language or value, listing the valid ones.
+
+    ``source``: a user file of items instead of the shipped ones — a value column (``value``, …) and a text
+    column (``text``, ``item``, ``portrait``, …; or ``text_column``/``value_column``), optional ``id`` and
+    ``lang`` (rows of other languages are skipped; without a ``lang`` column every row is in ``lang``). Items
+    must be phrased for the shipped six-point scale (:func:`pvq_scale`).
     """
-    _check_lang(lang)
+    _check_lang(lang)  # the scale exists in these languages only, user items included
     wanted: set[str] | None = None
     if values is not None:
         names = [values] if isinstance(values, str) else list(values)
         wanted = {get_value(v).name for v in names}
+    if source is not None:
+        return _user_pvq(source, lang, wanted, text_column, value_column)
     out: list[PVQItem] = []
     for row in _read_jsonl(_PVQ_FILE):
         if row["id"] == _SCALE_ID:
@@ -182,13 +194,18 @@ def load_pvq(lang: str = "en", values: str | Iterable[str] | None = None) -> lis
 # ------------------------------------------------------------------------------------------- instructions
 
 
-def load_instructions() -> list[InstructionItem]:
+def load_instructions(source: str | None = None, *, prompt_column: str = "auto") -> list[InstructionItem]:
     """The verifiable-instruction items; every check type is validated against the checker registry.
 
-    Raises :class:`DataError` naming the item for an unknown check type or a missing parameter.
+    ``source``: a user file instead of the shipped items — a prompt column (``prompt``, ``instruction``,
+    ``text``, …; or ``prompt_column``), ``checks`` (a list of ``{"type": …, params}``, or that list as a JSON
+    string in CSV), optional ``id``. Raises :class:`DataError` naming the item for an unknown check type or a
+    missing parameter.
     """
     from .compliance import validate_checks
 
+    if source is not None:
+        return _user_instructions(source, prompt_column)
     out: list[InstructionItem] = []
     for row in _read_jsonl(_INSTR_FILE):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("checks"), list) or not row["checks"]:
@@ -218,3 +235,72 @@ def load_capability_mc() -> list[MCItem]:
 def load_heldout_text() -> str:
     """Held-out neutral English prose (about 3000 words) for perplexity; paragraphs separated by blank lines."""
     return _read_text(_HELDOUT_FILE).strip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ user files
+
+_PVQ_TEXT_COLUMNS = ("text", "item", "portrait", "statement", "question")
+_PROMPT_COLUMNS = ("prompt", "instruction", "text", "query", "input")
+
+
+def _user_pvq(source: str, lang: str, wanted: set[str] | None, text_column: str, value_column: str
+              ) -> list[PVQItem]:
+    from ..datasets import PROMPT_VALUE_COLUMNS, pick_column, read_table, stable_id
+
+    rows = read_table(source)
+    vcol = pick_column(rows, value_column, PROMPT_VALUE_COLUMNS, source, what="value", fallback=False,
+                       hint="choose with value_column=NAME")
+    tcol = pick_column([{k: v for k, v in r.items() if k != vcol} for r in rows], text_column, _PVQ_TEXT_COLUMNS,
+                       source, what="item text", hint="choose with text_column=NAME")
+    out: list[PVQItem] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rows, start=1):
+        where = f"{source}, row {i}"
+        row_lang = str(r.get("lang") or lang).strip()
+        if row_lang != lang:
+            continue
+        text, value = r.get(tcol), r.get(vcol)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: empty or non-text {tcol!r}")
+        try:
+            name = get_value(str(value)).name
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        iid = str(r.get("id") or stable_id(text.strip(), prefix="pvq-"))
+        if iid in seen:
+            raise DataError(f"{where}: duplicate id {iid!r}")
+        seen.add(iid)
+        if wanted is None or name in wanted:
+            out.append(PVQItem(id=iid, value=name, lang=lang, text=text.strip()))
+    if not out:
+        raise DataError(f"{source}: no items in language {lang!r}" + ("" if wanted is None else
+                                                                      f" for {', '.join(sorted(wanted))}"))
+    return out
+
+
+def _user_instructions(source: str, prompt_column: str) -> list[InstructionItem]:
+    from ..datasets import pick_column, read_table, stable_id
+    from .compliance import validate_checks
+
+    rows = read_table(source)
+    if not any("checks" in r for r in rows):
+        raise DataError(f"{source}: no column 'checks' (columns: {', '.join(sorted({k for r in rows for k in r}))})")
+    pcol = pick_column([{k: v for k, v in r.items() if k != "checks"} for r in rows], prompt_column, _PROMPT_COLUMNS,
+                       source, what="prompt", hint="choose with prompt_column=NAME")
+    out: list[InstructionItem] = []
+    for i, r in enumerate(rows, start=1):
+        where = f"{source}, row {i}"
+        prompt, checks = r.get(pcol), r.get("checks")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: empty or non-text {pcol!r}")
+        if isinstance(checks, str):
+            try:
+                checks = json.loads(checks)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: 'checks' is not valid JSON ({e.msg})") from None
+        if not isinstance(checks, list) or not checks:
+            raise DataError(f"{where}: 'checks' must be a non-empty list of {{\"type\": ...}} objects")
+        iid = str(r.get("id") or stable_id(prompt.strip(), prefix="instr-"))
+        validate_checks(checks, iid)
+        out.append(InstructionItem(id=iid, prompt=prompt.strip(), checks=tuple(dict(c) for c in checks)))
+    return out
