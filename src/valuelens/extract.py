@@ -100,6 +100,9 @@ class ExtractConfig:
     # Batch prompts of similar token length together (less padding; changes batch composition, so responses
     # differ from a run without it — same seed, same plan, same responses however the work is sharded).
     gen_sort_by_length: bool = False
+    # "hf", "vllm" or "auto": vLLM for these unsteered generations on a CUDA GPU (valuelens.backends_vllm);
+    # without vLLM or a GPU the run generates on HF and logs why.
+    gen_backend: str = "hf"
     capture_batch_size: int = 16
     chunk_size: int = 64  # responses per activation file
     judge: str = "auto"  # "auto" | "detector" | "llm" | a detector folder
@@ -184,7 +187,7 @@ class ExtractConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
                                 temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                                 batch_size=self.batch_size, bf16=use_bf16(self.gen_bf16),
-                                sort_by_length=self.gen_sort_by_length)
+                                sort_by_length=self.gen_sort_by_length, backend=self.gen_backend)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

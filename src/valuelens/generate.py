@@ -23,6 +23,7 @@ False
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class GenerationConfig:
     batch_size: int = 8
     bf16: bool = False
     sort_by_length: bool = False  # batch prompts of similar token length together (less padding)
+    # "hf" (model.generate with hooks), "vllm" (unsteered only; falls back to HF with the reason logged when
+    # vLLM cannot run here) or "auto" (vLLM where it can run, HF otherwise). See valuelens.backends_vllm.
+    backend: str = "hf"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -62,6 +66,8 @@ class GenerationConfig:
             raise ConfigError("batch_size must be >= 1")
         if self.do_sample and not self.temperature > 0:
             raise ConfigError("temperature must be > 0 when sampling")
+        if self.backend not in ("hf", "vllm", "auto"):
+            raise ConfigError(f"generation backend must be hf, vllm or auto, got {self.backend!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,9 +255,21 @@ def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | 
     todo = [(bi, b) for bi, b in mine.items() if not all(it.id in done for it in b)]
     n_todo = sum(len(b) for _, b in todo)
     limit = _Adaptive(cfg.batch_size)
-    with JsonlWriter(out_path) as writer, tqdm(total=n_todo, desc=desc, unit="resp", disable=n_todo == 0,
-                                               leave=False) as bar:
+    steered = bool(interventions) or any(it.steer is not None for it in items)
+    fast = _vllm_generator(lm, cfg, steered) if n_todo else None
+    with fast or contextlib.nullcontext(), JsonlWriter(out_path) as writer, \
+            tqdm(total=n_todo, desc=desc, unit="resp", disable=n_todo == 0, leave=False) as bar:
         for bi, batch in todo:
+            if fast is not None:
+                res = fast.generate([it.prompt.text for it in batch], cfg, cfg.seed * 1_000_003 + bi, _stop_ids(lm))
+                records = [{"id": it.id, **it.meta, "prompt": it.prompt.to_dict(), **r, "batch": bi}
+                           for it, r in zip(batch, res, strict=True)]
+                done.update((r["id"], r) for r in records)
+                writer.write_many(records)
+                bar.update(len(batch))
+                if on_batch is not None:
+                    on_batch(bi)
+                continue
             row_steer = None
             if steer_layer is not None and any(it.steer is not None for it in batch):
                 d = lm.spec.d_model
@@ -269,6 +287,21 @@ def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | 
             if on_batch is not None:
                 on_batch(bi)
     return [done[i] for i in ids]
+
+
+def _vllm_generator(lm: LoadedModel, cfg: GenerationConfig, steered: bool) -> Any:
+    """A vLLM generator when the config asks for one and it can run here; else None, with the reason logged
+    (the run then generates on HF, as it would with ``backend="hf"``)."""
+    if cfg.backend == "hf":
+        return None
+    from .backends_vllm import VLLMGenerator, vllm_unavailable
+    from .progress import log
+
+    reason = vllm_unavailable(lm, steered=steered)
+    if reason is not None:
+        log(f"valuelens: generating with HF transformers, not vLLM: {reason}")
+        return None
+    return VLLMGenerator(lm)
 
 
 def _json_line(r: dict[str, Any]) -> str:
