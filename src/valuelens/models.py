@@ -48,6 +48,7 @@ __all__ = [
     "ChatRenderer",
     "LoadedModel",
     "RenderedPrompt",
+    "apply_adapter",
     "assemble_parts",
     "autocast",
     "available_memory",
@@ -60,6 +61,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_short_name",
+    "split_adapter",
 ]
 
 
@@ -765,10 +767,65 @@ def _hf_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
+ADAPTER_META = "valuelens_adapter.json"
+
+
+def split_adapter(name_or_path: str) -> tuple[str, str | None]:
+    """``"smollm2+path/to/adapter"`` → ``("smollm2", "path/to/adapter")``; a plain name → ``(name, None)``.
+
+    Only a ``+`` followed by an existing folder (or one that looks like a path) names an adapter, so hub ids and
+    file names that contain ``+`` keep working."""
+    if "+" not in name_or_path:
+        return name_or_path, None
+    base, _, rest = name_or_path.rpartition("+")
+    if base and (Path(rest).expanduser().is_dir() or "/" in rest or rest.startswith(".")):
+        return base, rest
+    return name_or_path, None
+
+
+def apply_adapter(lm: LoadedModel, adapter_dir: str | Path) -> LoadedModel:
+    """``lm`` with a LoRA adapter (PEFT folder, safetensors) merged into a copy of its weights.
+
+    The merged model is an ordinary model of the base architecture, so every hook works unchanged. Refused
+    with one line: a missing folder, a folder without ``adapter_config.json``, an adapter that records another
+    base model (``valuelens_adapter.json``) or whose shapes do not fit this model."""
+    import copy
+    import hashlib
+
+    folder = Path(adapter_dir).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"adapter folder {folder} does not exist")
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    meta_path = folder / ADAPTER_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        want = meta.get("base_model_hash")
+        if want and want != lm.model_hash:
+            raise ModelError(f"adapter {folder} was trained on another base model ({meta.get('base_model', '?')}, "
+                             f"{str(want)[:12]}…), not {lm.name} ({lm.model_hash[:12]}…)")
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        raise ModelError("loading an adapter needs peft (pip install peft)") from None
+    try:
+        merged = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(folder)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelError(f"adapter {folder} does not fit {lm.name}: {str(exc).splitlines()[0][:200]}") from None
+    merged.eval()
+    h = hashlib.sha256(lm.model_hash.encode())
+    for f in sorted(folder.glob("adapter_model.*")):
+        h.update(f.read_bytes())
+    return LoadedModel(model=merged, tokenizer=lm.tokenizer, spec=get_arch_spec(merged), chat=lm.chat,
+                       name=f"{lm.name}+{folder.name}", source=f"{lm.source}+adapter", model_hash=h.hexdigest(),
+                       info={**lm.info, "adapter": str(folder), "base_model_hash": lm.model_hash})
+
+
 def load_model(name_or_path: str = "smollm2", *, dtype: str | torch.dtype | None = None,
                trust_remote_code: bool = False, use_cache: bool = True, chat_template: str | None = None,
                device: str | torch.device | None = None, device_map: str | dict[str, Any] | None = None,
-               max_memory: dict[Any, Any] | None = None, check_memory: bool = True) -> LoadedModel:
+               max_memory: dict[Any, Any] | None = None, check_memory: bool = True,
+               adapter: str | Path | None = None) -> LoadedModel:
     """Load a causal LM by short name (``smollm2``, ``qwen2.5-0.5b``), GGUF path, local folder or hub id.
 
     ``device``: ``auto`` (default; CUDA, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``None``
@@ -779,8 +836,15 @@ def load_model(name_or_path: str = "smollm2", *, dtype: str | torch.dtype | None
     Without a device map, a model whose weights do not fit in the device's free memory is refused before
     loading (``check_memory``), estimated from its config. ``chat_template``: a Jinja template string, a path
     to a file with one, or ``"plain"`` to allow a plain ``User:/Assistant:`` format for models without a
-    template. ``trust_remote_code`` stays off unless asked.
+    template. ``trust_remote_code`` stays off unless asked. ``adapter`` (or ``BASE+ADAPTER_DIR`` as the name): a
+    LoRA adapter folder merged into the loaded weights (:func:`apply_adapter`).
     """
+    base_name, plus = split_adapter(str(name_or_path))
+    if adapter is not None or plus is not None:
+        lm = load_model(base_name, dtype=dtype, trust_remote_code=trust_remote_code, use_cache=use_cache,
+                        chat_template=chat_template, device=device, device_map=device_map, max_memory=max_memory,
+                        check_memory=check_memory)
+        return apply_adapter(lm, adapter if adapter is not None else plus)  # type: ignore[arg-type]
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     dmap = parse_device_map(device_map)
