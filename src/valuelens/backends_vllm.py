@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from .generate import GenerationConfig
     from .models import LoadedModel
+
+# ``cfg`` arguments are valuelens.generate.GenerationConfig objects (not imported: generate imports this module).
 
 __all__ = ["VLLMGenerator", "item_seed", "vllm_unavailable"]
 
@@ -120,7 +121,7 @@ class VLLMGenerator:
 
         return {"backend": "vllm", "vllm": getattr(vllm, "__version__", "?"), **self.options}
 
-    def sampling_params(self, cfg: GenerationConfig, seed: int, stop_ids: Sequence[int]) -> Any:
+    def sampling_params(self, cfg: Any, seed: int, stop_ids: Sequence[int]) -> Any:
         from vllm import SamplingParams
 
         return SamplingParams(n=1, max_tokens=cfg.max_new_tokens,
@@ -129,7 +130,7 @@ class VLLMGenerator:
                               repetition_penalty=cfg.repetition_penalty, seed=seed,
                               stop_token_ids=list(stop_ids), skip_special_tokens=True)
 
-    def generate(self, prompts: Sequence[str], cfg: GenerationConfig, batch_seed: int,
+    def generate(self, prompts: Sequence[str], cfg: Any, batch_seed: int,
                  stop_ids: Sequence[int]) -> list[dict[str, Any]]:
         """One planned batch: the same token ids, stop ids and sampling settings as HF, a seed per row."""
         from vllm.inputs import TokensPrompt
