@@ -48,6 +48,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    ignore_eos: bool = False  # keep generating past end-of-turn tokens (fixed-length benchmarks)
 
     @property
     def greedy(self) -> bool:
@@ -358,7 +359,7 @@ class Engine:
             if j.cancelled:
                 j.finish_reason = "cancelled"
                 continue
-            if t in self.stop_ids:
+            if t in self.stop_ids and not j.sampling.ignore_eos:
                 self._finish(j, "stop", tok)
                 continue
             j.ids.append(t)

@@ -229,7 +229,8 @@ class SteeringServer:
         return Sampling(max_tokens=int(mt), temperature=num("temperature", 1.0, 0.0, 2.0), top_p=top_p,
                         top_k=int(top_k), seed=seed, stop=stops,
                         presence_penalty=num("presence_penalty", 0.0, -2.0, 2.0),
-                        frequency_penalty=num("frequency_penalty", 0.0, -2.0, 2.0))
+                        frequency_penalty=num("frequency_penalty", 0.0, -2.0, 2.0),
+                        ignore_eos=bool(body.get("ignore_eos", False)))
 
 
 def _messages(raw: Any) -> list[dict[str, str]]:
