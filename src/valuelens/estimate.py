@@ -4,8 +4,8 @@
 exits. Counts come from the config (items = intrinsic queries + prompted responses per value × values; tokens
 to generate ≤ items × ``max_new_tokens``; tokens to re-read for activations ≈ items × (prompt +
 ``max_new_tokens``)). Time comes from a short warm-up measured on the chosen device with the run's own
-prompts and batch size: one batch generating k₁ and k₂ new tokens (forced length) separates the prefill time
-from the time per decoding step, and one capture batch gives the re-read time per response. The estimate is an
+prompts and batch size: one forward over a batch and the same batch generating k₁ and k₂ new tokens (forced
+length) give, by a least-squares line, the prefill time and the time per decoding step, and one capture batch gives the re-read time per response. The estimate is an
 upper bound for generation (answers that stop early cost less) and covers the extract stages only (judging
 with the detector and the analysis sections are not included).
 """
@@ -129,9 +129,18 @@ def _warmup(lm: LoadedModel, cfg: ExtractConfig, texts: list[str]) -> dict[str, 
         return time.perf_counter() - t0
 
     gen(1, 1)  # first call: allocations, kernels
-    t1, t2 = gen(_K1), gen(_K2)
-    step = max(0.0, (t2 - t1) / (_K2 - _K1))
-    prefill = max(0.0, t1 - _K1 * step)
+    t0 = time.perf_counter()
+    with torch.no_grad(), autocast(dev, gcfg.bf16):
+        lm.model(**enc)  # the prefill alone (one forward over the batch)
+    _sync(dev)
+    ks, ts = [0, _K1, _K2], [time.perf_counter() - t0, gen(_K1), gen(_K2)]
+    # Least-squares line through (steps, seconds): intercept = prefill, slope = one decoding step. On a loaded
+    # machine noise can flatten it; then fall back to the longer run's time per step (an upper bound).
+    mk, mt = sum(ks) / 3, sum(ts) / 3
+    step = sum((k - mk) * (t - mt) for k, t in zip(ks, ts, strict=True)) / sum((k - mk) ** 2 for k in ks)
+    if step <= 0:
+        step = ts[2] / (_K2 + 1)
+    prefill = max(0.0, mt - step * mk)
     # Capture: prompt + max_new_tokens tokens per response, the run's capture batch size.
     pad = tok.pad_token_id or 0
     cb = max(1, min(cfg.capture_batch_size, len(prompts)))
