@@ -14,11 +14,26 @@ from ..errors import ConfigError
 @click.command("pack")
 @click.argument("source")
 @click.argument("out")
-def pack_cmd(source: str, out: str) -> None:
+@click.option("--values", default="Benevolence,Power,Achievement,Universalism", show_default=True,
+              help="with SOURCE quick:MODEL: the values to make quick vectors for")
+def pack_cmd(source: str, out: str, values: str) -> None:
     """Write SOURCE's vectors (a run folder or vector folder) as a vector folder OUT: vectors.safetensors,
-    config.json (model, layers, α scale, values, kinds, judge) and a README model card with the run's findings."""
+    config.json (model, layers, α scale, values, kinds, judge) and a README model card with the run's findings.
+
+    SOURCE quick:MODEL (e.g. quick:smollm2) makes prompt-contrast vectors in a minute instead (value system
+    prompt vs none, over shipped queries; not the paper's judged value vectors) to try serving and sharing.
+    """
     from ..serving.artifacts import VectorArtifact
 
+    if source.startswith("quick:"):
+        from ..models import load_model
+        from ..serving.quick import quick_vectors
+
+        lm = load_model(source.split(":", 1)[1])
+        art = quick_vectors(lm, [v.strip() for v in values.split(",") if v.strip()])
+        art.save_pretrained(out)
+        click.echo(f"wrote {out}: quick prompt-contrast vectors for {', '.join(art.values)} (layer {art.layer})")
+        return
     art = VectorArtifact.load(source)
     run = source if Path(source).is_dir() and (Path(source) / "vectors.safetensors").is_file() else None
     folder = art.save_pretrained(out, run=run)
