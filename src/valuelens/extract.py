@@ -199,8 +199,8 @@ class ExtractConfig:
 
 def _prepare(run: Path, cfg: ExtractConfig, lm: LoadedModel, data: tuple[QueryPool, dict[str, list[Any]]] | None
              = None) -> list[dict[str, Any]]:
-    pool, templates = data if data is not None else (cfg.load_pool(), cfg.load_templates())
-    queries = pool.queries
+    qpool, templates = data if data is not None else (cfg.load_pool(), cfg.load_templates())
+    queries = qpool.queries
     rng = random.Random(cfg.seed)
     order = list(range(len(queries)))
     rng.shuffle(order)
@@ -221,7 +221,7 @@ def _prepare(run: Path, cfg: ExtractConfig, lm: LoadedModel, data: tuple[QueryPo
             p = lm.chat.render(q.text, t.text)
             items.append({"id": f"prompted/{value}/{j:04d}", "condition": "prompted", "target_value": value,
                           "query_id": q.id, "query": q.text, "template_id": t.id, "prompt": p.to_dict()})
-    atomic_write_json(run / "query_report.json", pool.report)
+    atomic_write_json(run / "query_report.json", qpool.report)
     atomic_write_text(run / "queries.jsonl", "".join(json.dumps({"id": q.id, "text": q.text}, ensure_ascii=False)
                                                      + "\n" for q in queries))
     # items.jsonl last: its presence means prepare is complete (a resumed run skips the stage).
