@@ -15,6 +15,7 @@ from typing import Any
 from .analysis import AnalyzeConfig, run_analyze
 from .extract import ExtractConfig, run_extract
 from .models import load_model
+from .progress import log
 from .runio import write_manifest
 
 __all__ = ["default_detector", "ensure_detector", "run_pipeline"]
@@ -64,8 +65,15 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
                  data_dir: str | None = None, ray_address: str | None = None) -> Path:
     """``ray_address``: run the extract stages as Ray tasks (``"local"``: start a local Ray instance; else the
     address of a cluster) — same records and vectors as one process (valuelens.distributed)."""
+    from .check import check_pipeline
+
     out = Path(out)
     t0 = time.time()
+    # valuelens check first: nothing is trained, loaded or written before the whole run's inputs pass.
+    checked = check_pipeline(out, quick=quick, model=model, extract_overrides=extract_overrides,
+                             analyze_overrides=analyze_overrides, data_dir=data_dir)
+    for line in checked.lines():
+        log(f"check: {line}")
     ex = dict(extract_overrides or {})
     if model:
         ex["model"] = model
@@ -105,7 +113,7 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         run_extract_ray(out, ecfg, opts=RayOptions(address=ray_address))
         lm = load_model(ecfg.model)
     else:
-        run_extract(out, ecfg, lm=lm)
+        run_extract(out, ecfg, lm=lm, pool=checked.pool)
     timings["extract"] = round(time.time() - t, 1)
     t = time.time()
     run_analyze(out, acfg, lm=lm)

@@ -8,6 +8,7 @@ import click
 
 from ._common import format_findings, load_config_file, parse_overrides
 from ._scale import device_options, dry_run_option, ray_option
+from .check import echo_report, query_options, query_overrides
 
 
 @click.command("extract")
@@ -17,7 +18,7 @@ from ._scale import device_options, dry_run_option, ray_option
 @click.option("--quick", is_flag=True, help="A few-minute config (3 values, few queries) for smoke tests.")
 @click.option("--model", help="Model short name, GGUF path, folder or hub id (overrides the config).")
 @click.option("--values", help="Comma-separated values (default: all ten).")
-@click.option("--queries", help="Query file (JSONL/CSV/Parquet) or hf:owner/name.")
+@query_options
 @click.option("--judge", help="auto | detector | llm | a trained detector folder.")
 @click.option("--stage", "stages", multiple=True, help="Run only these stages (repeatable): "
               "prepare, generate, judge, activations, vectors.")
@@ -27,7 +28,9 @@ from ._scale import device_options, dry_run_option, ray_option
 @dry_run_option
 def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str | None, values: str | None,
                 queries: str | None, judge: str | None, stages: tuple[str, ...], shard: str | None,
-                overrides: tuple[str, ...], ray_address: str | None, dry_run: bool) -> None:
+                overrides: tuple[str, ...], ray_address: str | None, dry_run: bool, query_column: str | None = None,
+                query_format: str | None = None, turns: str | None = None, sample: int | None = None,
+                language: str | None = None) -> None:
     """Steps 1–6: generate intrinsic and prompted responses, judge them, capture activations, build vectors.
 
     Interrupted runs resume where they stopped: rerun the same command.
@@ -37,12 +40,18 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
 
     cfg_dict = load_config_file(config_file)
     cfg_dict.update(parse_overrides(overrides))
-    for key, val in (("model", model), ("queries", queries), ("judge", judge)):
+    for key, val in (("model", model), ("judge", judge)):
         if val is not None:
             cfg_dict[key] = val
     if values is not None:
         cfg_dict["values"] = [v for v in values.split(",") if v.strip()]
+    cfg_dict.update(query_overrides(queries, query_column, query_format, turns, sample, language))
     cfg = ExtractConfig.quick(**cfg_dict) if quick else ExtractConfig.from_dict(cfg_dict)
+    from ..check import check_extract
+
+    # Before any model work or write: config, model depth, files, judge, run folder, disk (valuelens check).
+    checked = check_extract(out_dir, cfg, stages=list(stages) or None)
+    echo_report(checked)
     lm = None
     if dry_run or (not (Path(out_dir) / "items.jsonl").exists() and (not stages or "generate" in stages)):
         from ..estimate import estimate_extract
@@ -59,7 +68,8 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
             raise click.UsageError("--ray splits the work itself; drop --shard")
         summary = run_extract_ray(out_dir, cfg, opts=RayOptions(address=ray_address), stages=list(stages) or None)
     else:
-        summary = run_extract(out_dir, cfg, stages=list(stages) or None, shard=parse_shard(shard), lm=lm)
+        summary = run_extract(out_dir, cfg, stages=list(stages) or None, shard=parse_shard(shard), lm=lm,
+                              pool=checked.pool)
     if summary:
         click.echo(f"vectors written to {out_dir}/vectors.safetensors; figure layer {summary['layer']}")
         for s in summary.get("skipped", []):
@@ -111,20 +121,28 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
 @click.option("--extract-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for extract.")
 @click.option("--analyze-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for analyze.")
 @click.option("--data", default=None, help="ValueEval'23 folder for training the detector judge.")
+@query_options
 @ray_option
 @dry_run_option
 def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | None, analyze_config: str | None,
-            data: str | None, ray_address: str | None, dry_run: bool) -> None:
-    """The whole pipeline: detector judge → extract → analyze → report.html (resumable; rerun to continue)."""
+            data: str | None, ray_address: str | None, dry_run: bool, queries: str | None = None,
+            query_column: str | None = None, query_format: str | None = None, turns: str | None = None,
+            sample: int | None = None, language: str | None = None) -> None:
+    """The whole pipeline: detector judge → extract → analyze → report.html (resumable; rerun to continue).
+
+    It first runs `valuelens check` on the same arguments (nothing is trained, loaded or written before it
+    passes)."""
+    ex = load_config_file(extract_config)
+    ex.update(query_overrides(queries, query_column, query_format, turns, sample, language))
     if dry_run:
         from ..estimate import estimate_extract, extract_config_for_run
 
-        cfg = extract_config_for_run(quick, model, load_config_file(extract_config))
+        cfg = extract_config_for_run(quick, model, ex)
         click.echo(estimate_extract(cfg, warmup=True)[0].text())
         return
     from ..pipeline import run_pipeline
 
-    report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=load_config_file(extract_config),
+    report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=ex,
                           analyze_overrides=load_config_file(analyze_config), data_dir=data,
                           ray_address=ray_address)
     click.echo(f"report: {report}")
