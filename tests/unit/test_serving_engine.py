@@ -145,3 +145,26 @@ def test_engine_stop_strings_cancel_and_sampling_seed(lm) -> None:
         assert c.ids == []  # a cancelled request never runs
     finally:
         eng.stop()
+
+
+def test_engine_dynamic_batching_fallback(lm, art) -> None:
+    """Caches that cannot be merged: new requests wait for the running batch to drain; same tokens."""
+    bank = SteerBank(art, art.residual_norms, 4)
+    texts = _texts(lm)
+    cfg = GenerationConfig(max_new_tokens=6)
+    steer = bank.resolve({"value": "Benevolence", "alpha": 0.7})
+    iv = [art.steer("Benevolence", "prompted", 0.7)]
+    # references first: while the engine runs, its hooks are on the model (the engine owns the model)
+    want = [generate_batch(lm, [texts[i % 5]], cfg, interventions=iv if i % 3 == 0 else [])[0]["response_ids"]
+            for i in range(6)]
+    eng = Engine(lm, max_batch=3, batch_window=0.2)
+    eng._can_merge = False
+    eng.start()
+    try:
+        jobs = [eng.submit(Job(_ids(lm, texts[i % 5]), Sampling(max_tokens=6 - (i % 2), temperature=0),
+                               steer if i % 3 == 0 else [])) for i in range(6)]
+        for i, j in enumerate(jobs):
+            _collect(j)
+            assert j.ids == want[i][: 6 - (i % 2)], i
+    finally:
+        eng.stop()

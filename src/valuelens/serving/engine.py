@@ -379,13 +379,17 @@ class Engine:
         idx = torch.tensor(keep, dtype=torch.long)
         assert batch.mask is not None and batch.next_ids is not None
         mask = batch.mask[idx]
-        # Columns that are padding in every remaining row are dropped: the batch never grows wider than needed.
-        lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
-        for la in batch.cache.layers:
-            dev = la.keys.device
-            la.keys = la.keys[idx.to(dev), :, lead:]
-            la.values = la.values[idx.to(dev), :, lead:]
-        batch.mask = mask[:, lead:]
+        if self._can_merge:
+            # Columns that are padding in every remaining row are dropped: the batch never grows wider than needed.
+            lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
+            for la in batch.cache.layers:
+                dev = la.keys.device
+                la.keys = la.keys[idx.to(dev), :, lead:]
+                la.values = la.values[idx.to(dev), :, lead:]
+            batch.mask = mask[:, lead:]
+        else:  # other cache layouts: the cache's own row selection, no trimming
+            batch.cache.batch_select_indices(idx.to(self.lm.device))
+            batch.mask = mask
         batch.jobs = [batch.jobs[i] for i in keep]
         batch.next_ids = batch.next_ids[idx]
 
