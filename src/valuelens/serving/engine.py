@@ -72,6 +72,7 @@ class Job:
     max_batch: int = 0  # the most rows this request shared a step with
     cancelled: bool = False
     seed_used: int | None = None
+    serial: int = 0  # set by Engine.submit: unique per engine (ids of freed objects can repeat)
     _sent: int = 0
     _gen: torch.Generator | None = None
     _counts: dict[int, int] = field(default_factory=dict)
@@ -154,6 +155,9 @@ class Engine:
         self._lock = threading.Lock()
         self.stats = {"steps": 0, "tokens": 0, "requests": 0, "max_rows": 0, "errors": 0}
         self._can_merge: bool | None = None
+        self._delta_key: tuple[int, ...] = ()
+        self._serial = 0
+        self._delta_out: dict[int, list[torch.Tensor]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -181,6 +185,9 @@ class Engine:
             job.seed_used = job.sampling.seed
         if not job.sampling.greedy:
             job._gen = torch.Generator(device="cpu").manual_seed(int(job.seed_used or 0))
+        with self._lock:
+            self._serial += 1
+            job.serial = self._serial
         self.waiting.put(job)
         return job
 
@@ -241,7 +248,21 @@ class Engine:
         return live
 
     def _set_deltas(self, jobs: Sequence[Job], rows: Any) -> None:
-        """Per-layer slot tensors ``[B, D]`` for these rows (zero rows where a job has no steer there)."""
+        """Per-layer slot tensors ``[B, D]`` for these rows (zero rows where a job has no steer there).
+
+        Built once per batch composition: most decoding steps reuse the previous step's tensors.
+        """
+        key = tuple(j.serial for j in jobs)
+        if key == self._delta_key:
+            if self._delta_out:
+                rows.set(self._delta_out)
+            return
+        self._delta_key = key
+        self._delta_out = self._build_deltas(jobs)
+        if self._delta_out:
+            rows.set(self._delta_out)
+
+    def _build_deltas(self, jobs: Sequence[Job]) -> dict[int, list[torch.Tensor]]:
         by_layer: dict[int, list[list[torch.Tensor | None]]] = {}
         for r, j in enumerate(jobs):
             seen: dict[int, int] = {}
@@ -252,16 +273,13 @@ class Engine:
                 while len(slots) <= k:
                     slots.append([None] * len(jobs))
                 slots[k][r] = st.delta
-        if not by_layer:
-            rows.clear()
-            return
         dev = self.lm.device
         d = self.lm.spec.d_model
         out: dict[int, list[torch.Tensor]] = {}
         for layer, slots in by_layer.items():
             out[layer] = [torch.stack([x if x is not None else torch.zeros(d) for x in slot]).to(dev)
                           for slot in slots]
-        rows.set(out)
+        return out
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any, rows: Any
                  ) -> torch.Tensor:
