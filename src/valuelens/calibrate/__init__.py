@@ -196,7 +196,7 @@ def _planted(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
         res = planted_recovery(data, path=path, strength=cfg.plant_strength, n_boot=cfg.plant_boot, seed=cfg.seed)
         key = "recovery" if path == "prompted" else "intrinsic"
         out[f"{key}_cos"] = round(res["cos"], 4)
-        out[f"{key}_ci"] = [round(v, 4) for v in res["ci"]] if res["ci"] else None
+        out[f"{key}_ci"] = [round(v, 4) for v in res["ci"]]
         out[f"{key}_null_p95"] = round(res["null_p95"], 4)
     out["null_cos_p95"] = out.pop("recovery_null_p95")
     curve, ncurve = [], []
@@ -360,6 +360,14 @@ def _shift(lm_a: Any, lm_b: Any, records: list[dict[str, Any]], layer: int, batc
     return np.stack([a[x["id"]] - b[x["id"]] for x in records])
 
 
+def _detected(res: dict[str, Any], alpha: float = 0.05) -> bool:
+    """A shift in the target's direction (questionnaire or activations) with p < α."""
+    q = res.get("questionnaire_p") is not None and res["questionnaire_p"] < alpha and res["questionnaire_delta"] > 0
+    a = (res.get("activation_p") is not None and res["activation_p"] < alpha
+         and (res.get("activation_delta") or 0) > 0)
+    return bool(q or a)
+
+
 def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
     from ..extract import load_responses
     from ..models import apply_adapter
@@ -466,10 +474,8 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
         qc = np.array([x["y"] for x in qrows if x["organism"] == "control" and x["target"] == first])
         if len(qo) == len(qc) and len(qo):
             out["questionnaire_vs_control_p"] = sign_flip_test(qo - qc)
-    out["detected"] = bool(out["p_value"] < 0.05 and (fr["questionnaire_delta"] > 0 or
-                                                       (fr["activation_delta"] or 0) > 0))
-    out["control_detected"] = bool(out.get("control") and min(
-        p for p in (out["control"]["questionnaire_p"], out["control"]["activation_p"]) if p is not None) < 0.05)
+    out["detected"] = _detected(fr)
+    out["control_detected"] = _detected(out["control"]) if out.get("control") else False
     return out
 
 

@@ -83,7 +83,8 @@ def _stat(x: np.ndarray, data: PlantData, path: str, dirs: dict[str, np.ndarray]
         a, b = vec[(v, "prompted")], vec[(v, "intrinsic")]
         diff = a - b if path == "prompted" else b - a
         cs.append(_cos(diff, dirs[v]))
-    return float(np.nanmean(cs)) if cs else float("nan")
+    cs = [c for c in cs if np.isfinite(c)]
+    return float(np.mean(cs)) if cs else float("nan")
 
 
 def _dirs(data: PlantData, path: str, seed: int) -> dict[str, np.ndarray]:
@@ -129,7 +130,8 @@ def planted_recovery(data: PlantData, *, path: str = "prompted", strength: float
     b, nl = np.asarray(boot), np.asarray(null)
     b, nl = b[np.isfinite(b)], nl[np.isfinite(nl)]
     se = float(b.std(ddof=1)) if len(b) > 1 else float("nan")
-    return {"cos": point, "ci": [float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))] if len(b) else None,
+    return {"cos": point, "ci": ([float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))] if len(b) >= 10
+                                 else [float("nan"), float("nan")]),
             "se": se, "mde": mde(se), "null_p95": float(np.quantile(nl, 0.95)) if len(nl) else float("nan"),
             "null_mean": float(nl.mean()) if len(nl) else float("nan"), "n": int(base_w.sum()),
             "strength": strength, "fraction": fraction}
