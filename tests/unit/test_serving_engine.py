@@ -76,6 +76,11 @@ def test_parse_alias_and_bank_resolution(art) -> None:
         with pytest.raises(RequestError, match=word) as err:
             bank.resolve(bad)
         assert err.value.status == 400
+    art.guard_alpha = None  # no guard α: aliases are listed at 0.1, and a steer must give α
+    assert bank.aliases("tiny")[1] == "tiny+power@0.1"
+    with pytest.raises(RequestError, match="give 'alpha'"):
+        bank.resolve({"value": "power"})
+    art.guard_alpha = 0.5
     with pytest.raises(RequestError, match="no steering vectors"):
         SteerBank(None, None, 4).resolve({"value": "power", "alpha": 0.1})
 

@@ -107,15 +107,16 @@ class SteerBank:
     def guard_alpha(self) -> float | None:
         return None if self.artifact is None else self.artifact.guard_alpha
 
-    def aliases(self, base: str) -> list[str]:
-        """Model names listed by ``/v1/models``: the base, then one alias per value at the guard α (if known)."""
+    def aliases(self, base: str, alpha: float | None = None) -> list[str]:
+        """Model names listed by ``/v1/models``: the base, then one alias per value at ``alpha`` (default: the
+        run's guard α, else 0.1 — always written out in the alias, so a client sees what it gets)."""
         if self.artifact is None:
             return [base]
-        alpha = self.guard_alpha
+        a = alpha if alpha is not None else (self.guard_alpha if self.guard_alpha is not None else 0.1)
         out = [base]
         for v in self.artifact.values:
             if (v, self.default_kind) in self.artifact.vectors.vectors:
-                out.append(f"{base}+{v.lower()}" + (f"@{alpha:g}" if alpha is not None else ""))
+                out.append(f"{base}+{v.lower()}@{a:g}")
         return out
 
     def resolve(self, specs: Any, *, param: str = "steer") -> list[ResolvedSteer]:
