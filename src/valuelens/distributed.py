@@ -1,4 +1,4 @@
-"""Run the extract stages on Ray: one machine's cores, several GPUs, or a cluster.
+"""Run the extract stages and the analysis sections on Ray: one machine's cores, several GPUs, or a cluster.
 
 ``valuelens extract --ray`` (or ``run --ray``) starts a local Ray instance; ``--ray ADDRESS`` joins a running
 cluster (``ray start --head`` prints its address; ``ray://host:10001`` for Ray Client). The work units are the
@@ -26,6 +26,11 @@ regenerated whole), activation chunks and every other output are written atomica
 written twice. Errors of the user's making (a bad config, a missing file) are not retried: they come back as
 the same one-line error a single process gives.
 
+Analysis (:func:`run_analyze_ray`): each section is one task, submitted as soon as the sections it
+``requires`` are done (so everything after the capability guard runs in parallel); a section task restores its
+requirements from their cached ``summary.json`` exactly as a resumed single-process analysis does, and a last
+task re-derives ``findings.json`` and the index from the sections' files.
+
 Every task loads the model once per Ray worker process (cached for the next task of the same model). All
 machines must see the run folder at the same path (a shared file system) and have valuelens installed;
 ``$VALUELENS_*``, ``$HF_*`` and thread settings travel to the workers in the job's runtime environment.
@@ -46,9 +51,10 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, ModelError, ValuelensError
 
 if TYPE_CHECKING:
+    from .analysis import AnalyzeConfig
     from .extract import ExtractConfig
 
-__all__ = ["RayOptions", "RayUnavailable", "connect", "run_extract_ray"]
+__all__ = ["RayOptions", "RayUnavailable", "connect", "run_analyze_ray", "run_extract_ray"]
 
 RAY_HINT = "pip install 'valuelens[ray]'"
 # Environment variables a worker needs to load the same model the same way as the driver.
@@ -190,6 +196,26 @@ def _extract_task(run: str, cfg_dict: dict[str, Any], stage: str, shard: tuple[i
             "load_s": round(t_load, 3), "elapsed_s": round(time.time() - t0, 3), "summary": summary}
 
 
+def _analyze_task(run: str, cfg_dict: dict[str, Any], section: str | None) -> dict[str, Any]:
+    """One analysis section (its cached requirements restored), or with ``section=None`` the final pass that
+    writes findings, index and manifest from the sections' files."""
+    import json
+
+    from .analysis import AnalyzeConfig, run_analyze
+
+    t0 = time.time()
+    d = dict(cfg_dict)
+    if section is not None:
+        d["sections"] = [section]
+    cfg = AnalyzeConfig.from_dict(d)
+    model = json.loads((Path(run) / "config.json").read_text()).get("extract", {}).get("model", "smollm2")
+    lm = _model(model)
+    t_load = time.time() - t0
+    findings = run_analyze(run, cfg, lm=lm, log=None)
+    return {"section": section, "pid": os.getpid(), "host": socket.gethostname(), "load_s": round(t_load, 3),
+            "elapsed_s": round(time.time() - t0, 3), "findings": findings if section is None else None}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Driver side
 
@@ -270,3 +296,51 @@ def run_extract_ray(run_dir: str | Path, cfg: ExtractConfig, *, opts: RayOptions
 
     write_manifest(run, stage="extract-ray", config=cfg_dict, name="manifest-ray.json", extra={"ray": record})
     return summary
+
+
+def run_analyze_ray(run_dir: str | Path, cfg: AnalyzeConfig, *, opts: RayOptions | None = None
+                    ) -> list[dict[str, Any]]:
+    """``run_analyze`` with each section as a Ray task, started as soon as its requirements are done; returns
+    the findings. Sections already cached (same options) are restored, not rerun, as in one process."""
+    from .analysis.base import iter_sections
+
+    opts = opts or RayOptions()
+    run = Path(run_dir).resolve()
+    cfg.validate()
+    if not (run / "vectors.safetensors").exists():
+        from .errors import DataError
+
+        raise DataError(f"{run}: no vectors.safetensors; run `valuelens extract --out {run}` first")
+    order = [cls.name for cls in iter_sections(cfg.sections)]
+    requires = {cls.name: [r for r in cls.requires if r in order] for cls in iter_sections(cfg.sections)}
+    cfg_dict = cfg.to_dict()
+    record: dict[str, Any] = {"address": opts.address or "local", "sections": {}}
+    t_all = time.time()
+    with connect(opts) as ray:
+        plan = _plan(ray, opts)
+        task = ray.remote(_analyze_task)
+
+        def submit(name: str | None) -> Any:
+            return task.options(name=f"valuelens-analyze-{name or 'findings'}", num_cpus=opts.num_cpus,
+                                num_gpus=plan.num_gpus, max_retries=opts.max_retries,
+                                retry_exceptions=False).remote(str(run), cfg_dict, name)
+
+        done: set[str] = set()
+        running: dict[Any, str] = {}
+        while len(done) < len(order):
+            for name in order:
+                if name not in done and name not in running.values() and all(r in done for r in requires[name]):
+                    running[submit(name)] = name
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                name = running.pop(ref)
+                result = _gather(ray, [ref], f"analysis section {name}")[0]
+                record["sections"][name] = {k: v for k, v in result.items() if k != "findings"}
+                done.add(name)
+        final = _gather(ray, [submit(None)], "the findings")[0]
+    record["total_s"] = round(time.time() - t_all, 3)
+    from .runio import write_manifest
+
+    write_manifest(run, stage="analyze-ray", config=cfg_dict, name="manifest-analyze-ray.json",
+                   extra={"ray": record})
+    return list(final["findings"])

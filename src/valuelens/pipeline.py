@@ -60,6 +60,13 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool | str = "auto", q
     return target
 
 
+def _model_info(out: Path, lm: Any) -> dict[str, Any]:
+    """The model's description: from the loaded model, or (Ray runs load it in the workers) from model.json."""
+    import json
+
+    return lm.describe() if lm is not None else json.loads((out / "model.json").read_text())
+
+
 def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = None,
                  extract_overrides: dict[str, Any] | None = None, analyze_overrides: dict[str, Any] | None = None,
                  data_dir: str | None = None, ray_address: str | None = None) -> Path:
@@ -98,7 +105,7 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         ex.setdefault("label_mode", "rank")
         ecfg = ExtractConfig.from_dict(ex)
         acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
-    # With Ray the workers load the model; this process loads it only after them (it would hold a GPU).
+    # With Ray only the workers load the model (this process would hold a GPU they need).
     lm = load_model(ecfg.model) if ray_address is None else None
     if not (out / "items.jsonl").exists():
         from .estimate import estimate_extract
@@ -108,19 +115,24 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         _log(estimate_extract(ecfg, lm, warmup=None if lm is not None else False)[0].text())
     t = time.time()
     if ray_address is not None:
-        from .distributed import RayOptions, run_extract_ray
+        from .distributed import RayOptions, connect, run_analyze_ray, run_extract_ray
 
-        run_extract_ray(out, ecfg, opts=RayOptions(address=ray_address))
-        lm = load_model(ecfg.model)
+        # One Ray instance for both: the extract stages, then the analysis sections, all as tasks.
+        opts = RayOptions(address=ray_address)
+        with connect(opts):
+            run_extract_ray(out, ecfg, opts=opts)
+            timings["extract"] = round(time.time() - t, 1)
+            t = time.time()
+            run_analyze_ray(out, acfg, opts=opts)
     else:
         run_extract(out, ecfg, lm=lm, pool=checked.pool)
-    timings["extract"] = round(time.time() - t, 1)
-    t = time.time()
-    run_analyze(out, acfg, lm=lm)
+        timings["extract"] = round(time.time() - t, 1)
+        t = time.time()
+        run_analyze(out, acfg, lm=lm)
     timings["analyze"] = round(time.time() - t, 1)
     from .report import build_report
 
     write_manifest(out, stage="run", config={"extract": ecfg.to_dict(), "analyze": acfg.to_dict(), "quick": quick},
-                   name="manifest-run.json", extra={"model": lm.describe(), "timings_s": timings,
+                   name="manifest-run.json", extra={"model": _model_info(out, lm), "timings_s": timings,
                                                     "total_s": round(time.time() - t0, 1)})
     return build_report(out)

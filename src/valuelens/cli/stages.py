@@ -89,8 +89,9 @@ def extract_cmd(out_dir: str, config_file: str | None, quick: bool, model: str |
 @click.option("--set", "overrides", multiple=True, help="key=value config override (JSON value), repeatable.")
 @click.option("--findings-only", is_flag=True, help="Re-derive findings.json from the sections' files (no model).")
 @click.option("--list", "list_sections", is_flag=True, help="List the registered sections and their options.")
+@ray_option
 def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tuple[str, ...],
-                overrides: tuple[str, ...], findings_only: bool, list_sections: bool) -> None:
+                overrides: tuple[str, ...], findings_only: bool, list_sections: bool, ray_address: str | None) -> None:
     """Steps 7–9 on an extract run: value neurons, steering evaluations with controls, findings with statistics."""
     from ..analysis import AnalyzeConfig, registry, run_analyze, write_findings
 
@@ -110,6 +111,11 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
     if sections:
         d["sections"] = list(sections)
     cfg = AnalyzeConfig.quick(**d) if quick else AnalyzeConfig.from_dict(d)
+    if ray_address is not None:
+        from ..distributed import RayOptions, run_analyze_ray
+
+        click.echo(format_findings(run_analyze_ray(run_dir, cfg, opts=RayOptions(address=ray_address))))
+        return
     click.echo(format_findings(run_analyze(run_dir, cfg)))
 
 
