@@ -38,7 +38,6 @@ import math
 import random
 import re
 import unicodedata
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -490,20 +489,32 @@ def normalise_text(text: str) -> str:
     return " ".join(re.sub(r"[\W_]+", " ", t).split())
 
 
-def _shingles(text: str, k: int) -> set[int]:
-    """Character k-grams of the normalised text, hashed to 31 bits (crc32, stable across processes)."""
+_MERSENNE = (1 << 31) - 1
+_BASE = 1_000_003  # polynomial hash of k code points, mod the Mersenne prime
+
+
+def _shingles(text: str, k: int) -> np.ndarray:
+    """Character k-grams of the normalised text as sorted unique 31-bit hashes (a polynomial rolling hash over
+    code points, vectorised; the same in every process). A text shorter than k is one gram."""
     t = normalise_text(text)
-    grams = {t} if len(t) <= k else {t[i:i + k] for i in range(len(t) - k + 1)}
-    return {zlib.crc32(g.encode("utf-8")) & 0x7FFFFFFF for g in grams}
+    cp = np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    n = max(1, len(cp) - k + 1)
+    h = np.zeros(n, dtype=np.uint64)
+    for j in range(min(k, len(cp))):  # code points < 2^21 and h < 2^31: no uint64 overflow
+        h = (h * _BASE + cp[j:j + n]) % _MERSENNE
+    return np.unique(h)
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / max(1, len(a) + len(b) - inter)
 
 
 def shingle_jaccard(a: str, b: str, k: int = 5) -> float:
     """Jaccard similarity of two texts' character k-gram sets (after :func:`normalise_text`)."""
-    sa, sb = _shingles(a, k), _shingles(b, k)
-    return len(sa & sb) / max(1, len(sa | sb))
+    return _jaccard(_shingles(a, k), _shingles(b, k))
 
 
-_MERSENNE = (1 << 31) - 1
 
 
 class NearDuplicateFilter:
@@ -511,7 +522,7 @@ class NearDuplicateFilter:
 
     Each text is shingled into character ``k``-grams of its normalised form (works for any script, robust to
     case, punctuation and small edits). Its MinHash signature (``bands × rows`` universal hash functions, fixed
-    seed) is cut into ``bands`` bands; texts sharing a band with an earlier *kept* text are candidates, and a
+    seed, multiply-shift) is cut into ``bands`` bands; texts sharing a band with an earlier *kept* text are candidates, and a
     candidate whose exact shingle Jaccard is ≥ ``threshold`` makes the new text a duplicate. With 20 bands of 5
     rows a pair at Jaccard 0.8 becomes a candidate with probability 1 − (1 − 0.8⁵)²⁰ ≈ 0.9996 (0.975 at 0.7), so
     misses are rare; there are no false positives (every removal is verified). Memory: the signature bands of
@@ -528,15 +539,15 @@ class NearDuplicateFilter:
         self.threshold, self.k, self.bands, self.rows = threshold, k, bands, rows
         rng = np.random.default_rng(seed)
         n = bands * rows
-        self._a = rng.integers(1, _MERSENNE, size=(n, 1), dtype=np.uint64)
-        self._b = rng.integers(0, _MERSENNE, size=(n, 1), dtype=np.uint64)
+        # Multiply-shift hashing (a odd): h(x) = (a·x + b mod 2^64) >> 32, no modulo needed.
+        self._a = rng.integers(0, 1 << 63, size=(n, 1), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self._b = rng.integers(0, 1 << 63, size=(n, 1), dtype=np.uint64)
         self._buckets: dict[bytes, list[int]] = {}
         self.kept: list[str] = []
 
-    def signature(self, shingles: set[int]) -> np.ndarray:
-        h = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))[None, :]
-        # a, h < 2^31 so a·h + b < 2^63: no uint64 overflow.
-        return ((self._a * h + self._b) % _MERSENNE).min(axis=1).astype(np.uint32)
+    def signature(self, shingles: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2^64 by design here
+            return ((self._a * shingles[None, :] + self._b) >> np.uint64(32)).min(axis=1).astype(np.uint32)
 
     def add(self, text: str) -> int | None:
         """Keep ``text`` and return None, or return the index (in :attr:`kept`) of the kept text it duplicates."""
@@ -550,8 +561,7 @@ class NearDuplicateFilter:
                 if j in seen:
                     continue
                 seen.add(j)
-                other = _shingles(self.kept[j], self.k)
-                if len(sh & other) / max(1, len(sh | other)) >= self.threshold:
+                if _jaccard(sh, _shingles(self.kept[j], self.k)) >= self.threshold:
                     return j
         idx = len(self.kept)
         self.kept.append(text)

@@ -460,7 +460,7 @@ def test_near_duplicate_filter_matches_brute_force():
                 w[rng.randrange(len(w))] = rng.choice(vocab) if rng.random() < 0.5 else ""
             texts.append(" ".join(x for x in w if x))
     rng.shuffle(texts)
-    sets = {t: ds._shingles(t, 5) for t in texts}
+    sets = {t: set(ds._shingles(t, 5).tolist()) for t in texts}
     exact: list[str] = []  # greedy in input order, every pair compared
     for t in texts:
         if all(len(sets[t] & sets[k]) / len(sets[t] | sets[k]) < 0.8 for k in exact):
