@@ -668,3 +668,47 @@ def test_hf_errors(tmp_path):
         load_queries("hf:nobody/nothing")  # offline in tests: the Hub is not reachable
     with pytest.raises(ConfigError, match="hf:owner/name"):
         load_queries("hf:")
+
+
+# ------------------------------------------------------------------------------------------ items, instructions
+
+
+def test_user_questionnaire_items(tmp_path):
+    from valuelens.evals.items import PVQItem, load_pvq
+
+    p = _write(tmp_path / "pvq.csv", [
+        {"item_id": "u1", "value": "power", "portrait": "It is important to them to be in charge.", "lang": "en"},
+        {"item_id": "u2", "value": "Benevolence", "portrait": "They help the people close to them.", "lang": "en"},
+        {"item_id": "u3", "value": "Power", "portrait": "Il veut commander les autres.", "lang": "fr"}])
+    got = load_pvq("en", source=str(p))
+    assert [(i.value, i.lang) for i in got] == [("Power", "en"), ("Benevolence", "en")]
+    assert got[0] == PVQItem(id=stable_id("It is important to them to be in charge.", prefix="pvq-"), value="Power",
+                             lang="en", text="It is important to them to be in charge.")
+    assert [i.text for i in load_pvq("fr", values=["power"], source=str(p))] == ["Il veut commander les autres."]
+    bad = _write(tmp_path / "bad.jsonl", [{"value": "Greed", "text": "x"}])
+    with pytest.raises(ConfigError, match=r"bad\.jsonl, row 1: unknown value 'Greed'"):
+        load_pvq("en", source=str(bad))
+    amb = _write(tmp_path / "amb.jsonl", [{"value": "Power", "text": "x", "item": "y"}])
+    with pytest.raises(DataError, match=r"ambiguous item text column, candidates: text, item; choose with text_column"):
+        load_pvq("en", source=str(amb))
+    assert load_pvq("en", source=str(amb), text_column="item")[0].text == "y"
+
+
+def test_user_instructions(tmp_path):
+    from valuelens.evals.compliance import instruction_following_score
+    from valuelens.evals.items import load_instructions
+
+    p = tmp_path / "instr.csv"
+    pd.DataFrame([{"id": "i1", "instruction": "Answer in lowercase only.", "checks": json.dumps([{"type": "lowercase"}])},
+                  {"id": "i2", "instruction": "Use exactly 2 bullets.",
+                   "checks": json.dumps([{"type": "bullet_count", "n": 2}])}]).to_csv(p, index=False)
+    items = load_instructions(str(p))
+    assert [(i.id, i.check_types) for i in items] == [("i1", ("lowercase",)), ("i2", ("bullet_count",))]
+    score = instruction_following_score(["all lower case here", "* a\n* b"], items)
+    assert score["prompt_level_strict"] == 1.0
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "Do it.", "checks": [{"type": "telepathy"}]}])
+    with pytest.raises(DataError, match=r"unknown check type 'telepathy'"):
+        load_instructions(str(bad))
+    nochecks = _write(tmp_path / "nochecks.jsonl", [{"prompt": "Do it."}])
+    with pytest.raises(DataError, match=r"nochecks\.jsonl: no column 'checks'"):
+        load_instructions(str(nochecks))
