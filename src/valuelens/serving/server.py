@@ -271,6 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "valuelens"
     sys_version = ""
+    timeout = 300  # seconds a socket read or write may block: an idle or stuck client cannot hold a thread forever
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # request line and status only; never headers
@@ -321,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._fail(exc)
         except ValuelensError as exc:
             self._fail(RequestError(str(exc)))
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception as exc:  # a bug must not take the server down: 500 and carry on
             try:
@@ -489,8 +490,9 @@ class _Handler(BaseHTTPRequestHandler):
                 send({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
                       "usage": self._usage(job)})
             send("[DONE]")
-        except (BrokenPipeError, ConnectionResetError):
-            job.cancel()  # the client left: free its row
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            job.cancel()  # the client left (or stopped reading): free its row
+            self.close_connection = True
 
 
 def _fingerprint() -> str:
