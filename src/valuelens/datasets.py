@@ -639,7 +639,7 @@ class QueryOptions:
             raise ConfigError(f"query_language {self.language!r} is not one the heuristic detects; use one of "
                               f"{', '.join(languages())} or null")
         _check_limit(self.sample, "query_sample")
-        _check_limit(self.limit, "limit")
+        _check_limit(self.limit, "query_limit")
         if not isinstance(self.column, str) or not self.column:
             raise ConfigError(f"query_column must be a column name or 'auto', got {self.column!r}")
         if not isinstance(self.split, str) or not self.split:

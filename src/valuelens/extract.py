@@ -82,6 +82,7 @@ class ExtractConfig:
     query_near_threshold: float = 0.8  # character 5-gram Jaccard of a near-duplicate
     query_language: str | None = None  # keep one language (a light heuristic), None: all
     query_sample: int | None = None  # seeded sample of the pool after filters (seed: `seed`)
+    query_limit: int | None = None  # read only the first N rows of the source (huge dumps)
     system_prompts: str | None = None  # None = shipped templates
     system_prompts_column: str = "auto"  # text column of a user template file
     system_prompts_value_column: str = "auto"
@@ -170,7 +171,7 @@ class ExtractConfig:
         return QueryOptions(column=self.query_column, format=self.query_format, split=self.query_split,
                             turns=self.query_turns, max_chars=self.query_max_chars, dedup=self.query_dedup,
                             near_threshold=self.query_near_threshold, language=self.query_language,
-                            sample=self.query_sample, seed=self.seed)
+                            sample=self.query_sample, seed=self.seed, limit=self.query_limit)
 
     def load_pool(self) -> QueryPool:
         """The query pool this config describes, with its loading report."""

@@ -320,6 +320,8 @@ def test_sharegpt_all_turns():
 def test_sharegpt_limits_and_language():
     r = load_query_pool(_fx("sharegpt.json"), max_chars=None).report
     assert r["dropped"]["too_long"] == 0 and r["kept"] == 6
+    r = load_query_pool(_fx("sharegpt.json"), limit=3).report
+    assert r["rows"] == 3 and r["kept"] == 2  # sg3 repeats sg1
     pool = load_query_pool(_fx("sharegpt.json"), language="en")
     assert "sg7" not in [q.id for q in pool.queries]  # the Spanish question
     assert pool.report["dropped"]["language"] == 1
