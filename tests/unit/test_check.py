@@ -202,9 +202,10 @@ def test_refused_or_unproductive_runs_leave_the_folder_reusable(capsys, model_di
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["extract"]["n_intrinsic"] == 4
     # a different config, nothing produced yet: replaced (and prepare redone for it)
-    code, _, err = run_cli(capsys, *args, "--stage", "prepare", "--set", "n_intrinsic=2")
+    code, stdout, err = run_cli(capsys, *args, "--stage", "prepare", "--set", "n_intrinsic=2")
     assert code == 0, err
-    assert "replaced" in err
+    assert "nothing produced under its old config; it will be replaced" in stdout
+    assert "holds no results of its earlier config; replacing it" in err
     assert json.loads((out / "config.json").read_text())["extract"]["n_intrinsic"] == 2
     items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
     assert sum(it["condition"] == "intrinsic" for it in items) == 2
@@ -236,10 +237,11 @@ def test_conversation_dump_end_to_end(capsys, model_dir, tmp_path):
     """A ShareGPT dump through `extract`: every user turn, sampled; the manifest names format, column, counts
     dropped by each rule, duplicates and the sample seed."""
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, *_extract_args(model_dir, out, "--queries", FIXTURES / "sharegpt.json",
-                                                  "--turns", "all", "--sample", "5", "--set", "seed=3"))
+    code, stdout, err = run_cli(capsys, *_extract_args(model_dir, out, "--queries", FIXTURES / "sharegpt.json",
+                                                       "--turns", "all", "--sample", "5", "--set", "seed=3"))
     assert code == 0, err
-    assert "check: ok    queries" in err  # the check ran first
+    assert stdout.startswith("check: ok    config")  # the check ran first
+    assert "check: ok    queries" in stdout
     man = json.loads((out / "manifest.json").read_text())
     q = man["queries"]
     assert (q["format"], q["column"], q["turns"]) == ("sharegpt", "conversations", "all")

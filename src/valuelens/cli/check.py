@@ -44,15 +44,10 @@ def query_overrides(queries: str | None, query_column: str | None, query_format:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def echo_report(report: Any, *, err: bool = True) -> None:
-    """Print a check's lines (to stderr by default, so a stage's results stay alone on stdout)."""
-    from ..progress import log
-
+def echo_report(report: Any, *, prefix: str = "check: ") -> None:
+    """Print a check's lines on stdout (stderr stays for errors: a later failure is still one line there)."""
     for line in report.lines():
-        if err:
-            log(f"check: {line}")
-        else:
-            click.echo(line)
+        click.echo(f"{prefix}{line}")
 
 
 @click.command("check")
@@ -112,5 +107,5 @@ def check_cmd(out_dir: str | None, extract_only: bool, analyze_run: str | None, 
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
-        echo_report(report, err=False)
+        echo_report(report, prefix="")
         click.echo("check passed")
