@@ -141,8 +141,11 @@ def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | 
     ex = load_config_file(extract_config)
     ex.update(query_overrides(queries, query_column, query_format, turns, sample, language))
     if dry_run:
+        from ..check import check_pipeline
         from ..estimate import estimate_extract, extract_config_for_run
 
+        echo_report(check_pipeline(out_dir, quick=quick, model=model, extract_overrides=ex,
+                                   analyze_overrides=load_config_file(analyze_config), data_dir=data))
         cfg = extract_config_for_run(quick, model, ex)
         click.echo(estimate_extract(cfg, warmup=True)[0].text())
         return
