@@ -634,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["in_domain_calibrated"] = evaluate_judge(cal, args.split, use_context=args.context,
                                                             n_boot=args.n_boot, seed=args.seed)
         if args.run:
-            report["prompted_run_judge"] = prompted_top1(args.run, n_boot=args.n_boot, seed=args.seed)
+            if (Path(args.run).expanduser() / "judgments.jsonl").is_file():  # the run's own judge, if it ran
+                report["prompted_run_judge"] = prompted_top1(args.run, n_boot=args.n_boot, seed=args.seed)
             report["prompted"] = prompted_top1(args.run, judge, n_boot=args.n_boot, seed=args.seed)
             if args.tune:
                 report["prompted_calibrated"] = prompted_top1(args.run, cal, n_boot=args.n_boot, seed=args.seed)
