@@ -563,3 +563,14 @@ def test_cli(tmp_path, capsys):
     assert main(["--judge", "lexicon", "--model", "x"]) == 2
     assert main(["--judge", "lexicon", "--run", str(tmp_path / "none"), "--n-boot", "0"]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_cli_with_a_run(tmp_path, capsys):
+    run = _make_run(tmp_path)
+    assert main(["--judge", "lexicon", "--tune", "--run", str(run), "--n-boot", "0"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"prompted_run_judge", "prompted", "prompted_calibrated"} <= set(rep)
+    assert rep["prompted_run_judge"]["prompted_top1"] == 0.5 and rep["prompted"]["source"] == "rejudged"
+    (run / "judgments.jsonl").unlink()  # the judge stage has not run: the re-judged figures only
+    assert main(["--judge", "lexicon", "--run", str(run), "--n-boot", "0"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"in_domain", "prompted"}
