@@ -44,11 +44,20 @@ def probability_value_scores(cal_probs: np.ndarray) -> np.ndarray:
     return np.stack([cal_probs[:, m[:, v]].max(1) for v in range(m.shape[1])], axis=1)
 
 
+def _default_folder(root: Path) -> Path:
+    """The pipeline preset's detector when trained (``valuelens.detect.presets``), else the older ``minilm-v1``."""
+    from ..detect.presets import PRESETS
+
+    new = root / PRESETS["pipeline"].cache_name
+    return new if (new / "detector.json").exists() else root / "minilm-v1"
+
+
 @register_judge("detector")
 class DetectorJudge(Judge):
     """Judge backed by a trained :class:`~valuelens.detect.finetune.ValueDetector` folder.
 
-    ``model``: detector folder (default ``$VALUELENS_DETECTOR`` or ``~/.cache/valuelens/detectors/minilm-v1``).
+    ``model``: detector folder (default ``$VALUELENS_DETECTOR``, else the ``pipeline`` preset's cached detector
+    ``~/.cache/valuelens/detectors/minilm-pipeline-v1`` when trained, else ``…/minilm-v1``).
     ``use_context``: prepend the user query (``contexts``) to the response, as "conclusion / premise".
     """
 
@@ -59,7 +68,7 @@ class DetectorJudge(Judge):
         from ..detect.encoders import cache_dir
         from ..detect.finetune import load_detector
 
-        path = Path(model or os.environ.get("VALUELENS_DETECTOR") or cache_dir() / "detectors" / "minilm-v1")
+        path = Path(model or os.environ.get("VALUELENS_DETECTOR") or _default_folder(cache_dir() / "detectors"))
         if not (path / "detector.json").exists():
             raise ModelError(f"{path}: no trained detector there; train one with `valuelens detect train --out DIR` "
                              f"and pass DIR/model")
