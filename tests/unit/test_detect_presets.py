@@ -207,3 +207,19 @@ def test_evaluate_any_labelled_file_and_calibrated_judge(tiny_encoder: str, spli
     expressed = ((probs - det.thresholds) >= 0)[:, m[:, uni]].any(1)
     assert (res.labels[:, 0] == expressed).all()  # labels still come from the tuned thresholds
     assert "platt" in judge.describe()["calibration"]
+
+
+def test_bench_detect_smoke(tiny_encoder: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            load_benchmark: object) -> None:
+    """benchmarks/bench_detect.py runs end to end on the tiny encoder and prints its ratio table (no timing
+    assertion: the machine is shared)."""
+    bench = load_benchmark("bench_detect")  # type: ignore[operator]
+    res = bench.main(["--preset", "pipeline", "--baseline", "--encoder", tiny_encoder, "--max-train", "120",
+                      "--epochs", "1", "--max-eval", "40", "--bootstrap", "20", "--data", str(DATA),
+                      "--out", str(tmp_path), "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert "× baseline time" in out and "| pipeline |" in out
+    rows = {r["preset"]: r for r in res["rows"]}
+    assert rows["pipeline"]["train_minutes"] > 0 and 0 <= rows["pipeline"]["f1"] <= 1
+    assert rows["pipeline"]["ece"] is not None and rows["previous pipeline recipe (baseline)"]["ece"] is None
+    assert json.loads((tmp_path / "b.json").read_text())["overrides"]["max_train"] == 120
