@@ -50,9 +50,9 @@ def ensure_detector(data_dir: str | None = None, *, bf16: bool | str = "auto", q
         tcfg = TrainConfig(encoder="minilm", bf16=bf16, lr=1e-4, head_lr=2e-3, epochs=1, max_train=1200, max_len=96)
     train_dir = target.parent / f"{target.name}-training"
     folder = resolve_data_dir(data_dir)
-    print(f"valuelens: training the default value detector (MiniLM) into {target} — once per machine")
+    log(f"valuelens: training the default value detector (MiniLM) into {target} — once per machine")
     res = train_detector(load_split(folder, "training"), load_split(folder, "validation"),
-                         tcfg, train_dir, log=print)
+                         tcfg, train_dir, log=log)
     model_dir = Path(getattr(res, "model_dir", train_dir / "model"))
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():

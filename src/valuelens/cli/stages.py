@@ -149,11 +149,18 @@ def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | 
         cfg = extract_config_for_run(quick, model, ex)
         click.echo(estimate_extract(cfg, warmup=True)[0].text())
         return
+    import json
+
     from ..pipeline import run_pipeline
 
     report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=ex,
                           analyze_overrides=load_config_file(analyze_config), data_dir=data,
                           ray_address=ray_address)
+    doc = json.loads((Path(out_dir) / "findings.json").read_text())
+    click.echo(format_findings(doc["findings"]))
+    counts = doc.get("counts", {})
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; α = {doc.get('alpha')}, layer {doc.get('layer')}"
+               + (" (no α passed the capability guard: flagged)" if doc.get("guard_exceeded") else ""))
     click.echo(f"report: {report}")
 
 
