@@ -347,9 +347,9 @@ def _detector_folder(path: str | Path, key: str) -> Path:
 
 
 def _default_detector() -> Path:
-    from .detect.encoders import cache_dir
+    from .detect.presets import default_detector_dir
 
-    return cache_dir() / "detectors" / "minilm-v1"
+    return default_detector_dir()
 
 
 def check_judge(name: str, options: dict[str, Any], main_model: str, report: CheckReport, *,

@@ -285,9 +285,9 @@ def make_judge(cfg: ExtractConfig, lm: LoadedModel | None = None) -> Any:
 
     name, opts = cfg.judge, dict(cfg.judge_options)
     if name == "auto":
-        from .detect.encoders import cache_dir as det_cache
+        from .detect.presets import default_detector_dir
 
-        default = det_cache() / "detectors" / "minilm-v1"
+        default = default_detector_dir()
         if (default / "detector.json").exists() or "model" in opts:
             name = "detector"
         else:

@@ -1,8 +1,8 @@
 """``valuelens run``: detector → extract → analyze → report in one run folder, resumable stage by stage.
 
 The default judge is the trained value detector (system 2). If none is trained on this machine, the first stage
-trains the default MiniLM detector once (cached in ``$VALUELENS_CACHE/detectors/minilm-v1``, reused by later
-runs). ``--quick`` uses the default detector if present, else a small one trained in about a minute, labels by rank
+trains the ``pipeline`` preset detector once (cached in ``$VALUELENS_CACHE/detectors/minilm-pipeline-v1``, reused
+by later runs). ``--quick`` uses the default detector if present, else a small one trained in about a minute, labels by rank
 (top vs bottom half of judge scores), and small sweeps, so the whole pipeline runs in a few minutes.
 """
 
@@ -13,41 +13,46 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import AnalyzeConfig, run_analyze
+from .calibrate import CalibrateConfig, run_calibrate
 from .extract import ExtractConfig, run_extract
 from .models import load_model
 from .progress import log
 from .runio import write_manifest
 
-__all__ = ["default_detector", "ensure_detector", "run_pipeline"]
+__all__ = ["RUN_PARTS", "default_detector", "ensure_detector", "run_pipeline"]
+
+# Calibration parts `valuelens run` includes by default (minutes); the organisms need LoRA training.
+RUN_PARTS = ("planted", "judge", "ceiling")
 
 
 def default_detector() -> Path:
-    from .detect.encoders import cache_dir
+    from .detect.presets import default_detector_dir
 
-    return cache_dir() / "detectors" / "minilm-v1"
+    return default_detector_dir()
 
 
 def ensure_detector(data_dir: str | None = None, *, bf16: bool | str = "auto", quick: bool = False) -> Path:
-    """The default detector folder, training it (MiniLM, 4 epochs, resumable) if it does not exist yet.
+    """The default detector folder, training it once per machine if it does not exist yet: the ``pipeline``
+    preset (MiniLM, 3 epochs, length-bucketed; valuelens.detect.presets), resumable.
 
     ``quick``: if the default detector is missing, train a small one (1 epoch on 1,200 arguments, ~1 min) into
     ``detectors/minilm-quick`` — enough to rank responses for ``label_mode="rank"`` in smoke runs.
     """
     from .detect.data import load_split, resolve_data_dir
     from .detect.finetune import TrainConfig, train_detector
+    from .detect.presets import ensure_preset
     from .precision import use_bf16
 
-    bf16 = use_bf16(bf16)
     target = default_detector()
     if (target / "detector.json").exists():
         return target
-    # The recipe of docs/detector.md's saved detector: lr 1e-4 (encoder), 2e-3 (head), head bias at the prior.
-    tcfg = TrainConfig(encoder="minilm", bf16=bf16, lr=1e-4, head_lr=2e-3)
-    if quick:
-        target = target.parent / "minilm-quick"
-        if (target / "detector.json").exists():
-            return target
-        tcfg = TrainConfig(encoder="minilm", bf16=bf16, lr=1e-4, head_lr=2e-3, epochs=1, max_train=1200, max_len=96)
+    if not quick:
+        return ensure_preset("pipeline", data_dir, bf16=bf16, log=log)
+    target = target.parent / "minilm-quick"
+    if (target / "detector.json").exists():
+        return target
+    tcfg = TrainConfig(encoder="minilm", bf16=use_bf16(bf16), lr=1e-4, head_lr=2e-3, epochs=1, max_train=1200,
+                       max_len=96)
     train_dir = target.parent / f"{target.name}-training"
     folder = resolve_data_dir(data_dir)
     log(f"valuelens: training the default value detector (MiniLM) into {target} — once per machine")
@@ -69,9 +74,15 @@ def _model_info(out: Path, lm: Any) -> dict[str, Any]:
 
 def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = None,
                  extract_overrides: dict[str, Any] | None = None, analyze_overrides: dict[str, Any] | None = None,
-                 data_dir: str | None = None, ray_address: str | None = None) -> Path:
+                 data_dir: str | None = None, ray_address: str | None = None,
+                 calibrate_overrides: dict[str, Any] | None = None, skip_analyze: bool = False) -> Path:
     """``ray_address``: run the extract stages as Ray tasks (``"local"``: start a local Ray instance; else the
-    address of a cluster) — same records and vectors as one process (valuelens.distributed)."""
+    address of a cluster) — same records and vectors as one process (valuelens.distributed).
+
+    Between extract and analyze the instrument is checked (valuelens.calibrate): by default the planted
+    direction, the judge in its own domain and the prompt ceiling — a few minutes; the model organisms (LoRA
+    training) run with ``valuelens calibrate`` or ``calibrate_overrides={"parts": [..., "organism"]}``. ``skip_analyze``: stop after the
+    calibration (``valuelens calibrate`` on a folder without an extract run)."""
     from .check import check_pipeline
 
     out = Path(out)
@@ -92,6 +103,7 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
             timings["detector"] = round(time.time() - t, 1)
         ecfg = ExtractConfig.quick(**ex)
         acfg = AnalyzeConfig.quick(**(analyze_overrides or {}))
+        ccfg = CalibrateConfig.quick(**{"parts": list(RUN_PARTS), **(calibrate_overrides or {})})
     else:
         if ex.get("judge", "auto") in ("auto", "detector") and "model" not in ex.get("judge_options", {}):
             t = time.time()
@@ -105,6 +117,7 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         ex.setdefault("label_mode", "rank")
         ecfg = ExtractConfig.from_dict(ex)
         acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
+        ccfg = CalibrateConfig.from_dict({"parts": list(RUN_PARTS), **(calibrate_overrides or {})})
     # With Ray only the workers load the model (this process would hold a GPU they need).
     lm = load_model(ecfg.model) if ray_address is None else None
     if not (out / "items.jsonl").exists():
@@ -123,16 +136,27 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
             run_extract_ray(out, ecfg, opts=opts)
             timings["extract"] = round(time.time() - t, 1)
             t = time.time()
-            run_analyze_ray(out, acfg, opts=opts)
+            if ccfg.parts:
+                run_calibrate(out, ccfg)
+                timings["calibrate"] = round(time.time() - t, 1)
+                t = time.time()
+            if not skip_analyze:
+                run_analyze_ray(out, acfg, opts=opts)
     else:
         run_extract(out, ecfg, lm=lm, pool=checked.pool)
         timings["extract"] = round(time.time() - t, 1)
         t = time.time()
-        run_analyze(out, acfg, lm=lm)
+        if ccfg.parts:
+            run_calibrate(out, ccfg, lm=lm)
+            timings["calibrate"] = round(time.time() - t, 1)
+            t = time.time()
+        if not skip_analyze:
+            run_analyze(out, acfg, lm=lm)
     timings["analyze"] = round(time.time() - t, 1)
     from .report import build_report
 
-    write_manifest(out, stage="run", config={"extract": ecfg.to_dict(), "analyze": acfg.to_dict(), "quick": quick},
+    write_manifest(out, stage="run", config={"extract": ecfg.to_dict(), "calibrate": ccfg.to_dict(),
+                                             "analyze": acfg.to_dict(), "quick": quick},
                    name="manifest-run.json", extra={"model": _model_info(out, lm), "timings_s": timings,
                                                     "total_s": round(time.time() - t0, 1)})
     return build_report(out)

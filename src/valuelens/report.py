@@ -43,7 +43,7 @@ _MAX_LIST = 20  # items shown of a list in a summary
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
-_MANIFESTS = ("manifest-run.json", "manifest.json", "manifest-analyze.json")
+_MANIFESTS = ("manifest-run.json", "manifest.json", "manifest-calibrate.json", "manifest-analyze.json")
 
 
 @dataclass(frozen=True)
@@ -453,6 +453,41 @@ def _statement(model: str, findings: list[dict[str, Any]]) -> str:
     return f'<p class="statement">{_e(lead)}</p><ul class="statement">{"".join(items)}</ul>'
 
 
+def _instrument(run: Path, page: _Page) -> None:
+    """The instrument check (calibration.json's ``checks``), before any finding: can this run see an effect?"""
+    page.add('<h2 id="instrument">Instrument check</h2>')
+    path = run / "calibration.json"
+    if not path.is_file():
+        page.add('<p class="missing">calibration.json is missing: this run has no instrument check (run '
+                 "<code>valuelens calibrate --out RUN</code>). Read every absence below with that in mind.</p>")
+        return
+    ok, doc = _read_json(path, page, "calibration.json")
+    if not ok or not isinstance(doc, dict):
+        return
+    checks = doc.get("checks") if isinstance(doc.get("checks"), list) else []
+    page.add('<p class="about">Known answers the pipeline must find before its absences mean anything: a direction '
+             "planted in the activations, model organisms whose values really changed, the judge on hand-labelled "
+             "chat answers, and how far the value prompt itself moves the questionnaire (the ceiling). Details: "
+             "<code>calibrate/</code>.</p>")
+    page.add('<div class="scroll"><table><tr><th>check</th><th>result</th><th>95 % CI</th><th>against</th>'
+             "<th>passed</th></tr>")
+    for c in checks:
+        if not isinstance(c, dict):
+            continue
+        passed = bool(c.get("passed"))
+        ci = c.get("ci")
+        ci_s = f"[{_fmt_scalar(ci[0])}, {_fmt_scalar(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else "—"
+        cls = "ok" if passed else "bad"
+        page.add(f'<tr class="{cls}"><td>{_e(c.get("check", "?"))}</td><td class="num">'
+                 f'{_e(_fmt_scalar(c.get("result")))}</td><td>{_e(ci_s)}</td><td>{_e(c.get("against", ""))}</td>'
+                 f'<td class="status"><span class="badge {cls}">{"yes" if passed else "no"}</span></td></tr>')
+    page.add("</table></div>")
+    figs = _files(run / "calibrate" / "figures", tuple(_IMAGE_TYPES))
+    caps: dict[str, str] = {}
+    for p in figs:
+        _figure_html(p, run, page, caps)
+
+
 def _stat_cell(f: dict[str, Any]) -> str:
     """Effect [95 % CI], p, n and MDE of a schema-2 finding (empty for old ones)."""
     def num(x: Any, fmt: str) -> str:
@@ -652,13 +687,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for key in sections:
         specs.setdefault(key, SectionSpec(key, key.replace("_", " ").capitalize(), "An additional analysis section."))
 
-    nav = ['<nav><b>Contents</b><ol><li><a href="#findings">Findings</a></li>']
+    nav = ['<nav><b>Contents</b><ol><li><a href="#instrument">Instrument check</a></li>'
+           '<li><a href="#findings">Findings</a></li>']
     for key, folder in sections.items():
         status = "" if folder is not None else ' <span class="badge na">not run</span>'
         nav.append(f'<li><a href="#{_anchor(key)}">{_e(specs[key].title)}</a>{status}</li>')
     nav.append('<li><a href="#provenance">Provenance and reproduction</a></li></ol></nav>')
     head.add(*nav)
 
+    _instrument(run, body)
     _findings(run, model, body)
     for key, folder in sections.items():
         _section(run, specs[key], folder, body)

@@ -137,8 +137,12 @@ def test_bad_inputs(tmp_path, smollm2):
     with pytest.raises(DataError, match="stage 'prepare' has not run"):
         run_extract(tmp_path / "c", ExtractConfig.from_dict(SMALL), stages=["judge"], lm=smollm2)
     run_extract(tmp_path / "d", ExtractConfig.from_dict(SMALL), stages=["prepare"], lm=smollm2)
+    # Nothing produced yet under the old config (only prepare files): a new config replaces it (issue 15)...
+    run_extract(tmp_path / "d", ExtractConfig.from_dict({**SMALL, "seed": 4}), stages=["prepare", "generate"],
+                lm=smollm2)
+    # ...but once responses exist, a different config is refused.
     with pytest.raises(ConfigError, match="different config"):
-        run_extract(tmp_path / "d", ExtractConfig.from_dict({**SMALL, "seed": 4}), stages=["prepare"], lm=smollm2)
+        run_extract(tmp_path / "d", ExtractConfig.from_dict({**SMALL, "seed": 5}), stages=["prepare"], lm=smollm2)
 
 
 def test_cli_user_error_is_one_line(tmp_path):

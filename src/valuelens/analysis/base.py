@@ -115,6 +115,9 @@ class Section:
     needs_alpha: ClassVar[bool] = False  # needs the capability guard's α > 0
     version: ClassVar[int] = 1  # bump when the outputs change meaning: cached results are then recomputed
     quick: ClassVar[dict[str, Any]] = {}  # option overrides of `--quick`
+    # The findings' outcome is the judge's labels: untestable when the judge is not better than chance on
+    # labelled chat answers (calibration.json, valuelens calibrate).
+    judged: ClassVar[bool] = False
 
     def run(self, ctx: Context) -> dict[str, Any]:
         raise NotImplementedError

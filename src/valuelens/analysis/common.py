@@ -170,12 +170,12 @@ def steer_finding(units: pd.DataFrame, *, seed: int, ours_prefix: str = "", stra
 
 def free_queries(ctx: Context, n: int) -> list[str]:
     """``n`` queries not used for the intrinsic responses (held out from vector extraction), seeded."""
-    from ..datasets import load_queries
     from ..runio import read_jsonl
 
+    # The run's own query pool as extract loaded it (format, turns, sampling and filters applied).
     used = {it["query_id"] for it in read_jsonl(ctx.run / "items.jsonl")}
-    qs = load_queries(ctx.extract_cfg.get("queries"), column=ctx.extract_cfg.get("query_column", "text"))
-    rest = [q.text for q in qs if q.id not in used] or [q.text for q in qs]
+    qs = read_jsonl(ctx.run / "queries.jsonl")
+    rest = [q["text"] for q in qs if q["id"] not in used] or [q["text"] for q in qs]
     rng = np.random.default_rng(ctx.cfg.seed)
     idx = rng.permutation(len(rest))[:n]
     return [rest[i] for i in idx]

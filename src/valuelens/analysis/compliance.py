@@ -69,11 +69,9 @@ class ComplianceSection(Section):
         rows, per_item = [], []
         harmful: list[str] = []
         if o.harmful_prompts:
-            from ..datasets import read_table
+            from ..datasets import load_texts
 
-            harmful = [str(r.get("text") or r.get("prompt") or r.get("goal") or "") for r in
-                       read_table(o.harmful_prompts)]
-            harmful = [h for h in harmful if h.strip()]
+            harmful, _ = load_texts(o.harmful_prompts, candidates=("goal", "behavior", "prompt"))
         from ..hooks import steer_delta
 
         # One generation over every condition (each answer carries its own steering vector at the layer).

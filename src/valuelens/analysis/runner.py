@@ -31,9 +31,36 @@ def _log_default(msg: str) -> None:
     log(msg)
 
 
+def _calibration(run: Path) -> dict[str, Any]:
+    p = run / "calibration.json"
+    try:
+        return json.loads(p.read_text()) if p.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _apply_calibration(f: Finding, judged: bool, cal: dict[str, Any]) -> None:
+    """Read a finding against the instrument check: a judged outcome is untestable when the judge is not better
+    than chance on chat answers; a questionnaire steering effect is also given as a fraction of the shift the
+    value's own system prompt causes (the ceiling)."""
+    judge = cal.get("judge") or {}
+    if judged and judge and not judge.get("better_than_chance_in_domain", True) and f.status != "untestable":
+        f.extra = {**f.extra, "status_before_judge_check": f.status}
+        f.status = "untestable"
+        f.reason = (f"the judge is not better than chance on labelled chat answers (top-1 "
+                    f"{judge.get('in_domain_top1')} vs chance {judge.get('chance_top1')}; calibration.json)")
+    ceiling = (cal.get("ceiling") or {}).get("mean")
+    y = f.extra.get("y_condition") if isinstance(f.extra, dict) else None
+    if ceiling and y is not None and f.section in ("questionnaire", "crosslingual"):
+        f.extra = {**f.extra, "prompt_ceiling": ceiling, "fraction_of_prompt_ceiling": round(y / ceiling, 3)}
+        f.ours += f"; {100 * y / ceiling:.0f} % of the value prompt's own shift ({ceiling:+.3f})"
+
+
 def derive_findings(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every registered section's findings, computed from the files in ``run_dir`` only (no model)."""
+    """Every registered section's findings, computed from the files in ``run_dir`` only (no model), read against
+    the instrument check in ``calibration.json`` when there is one."""
     run = Path(run_dir)
+    cal = _calibration(run)
     out: list[dict[str, Any]] = []
     for name, cls in registry().items():
         files = SectionFiles(run, name)
@@ -49,6 +76,7 @@ def derive_findings(run_dir: str | Path) -> list[dict[str, Any]]:
                 f.reason = f.ours = str(summary["reason"])
             elif f.status == "untestable" and not (files.dir / "summary.json").exists():
                 f.reason = f.ours = f"section {name} has not run on this folder"
+            _apply_calibration(f, cls.judged, cal)
             if f.status not in STATUSES:
                 raise ValueError(f"finding {f.id}: unknown status {f.status!r}")
             out.append(f.to_dict())

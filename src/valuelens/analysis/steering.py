@@ -45,6 +45,7 @@ class SteeringSection(Section):
     writes = ("responses/*.jsonl", "tables/responses.csv", "tables/expression_rates.csv",
               "tables/mean_expression_rates.csv", "judge.json", "summary.json")
     needs_alpha = True
+    judged = True
     version = 2
 
     @dataclass

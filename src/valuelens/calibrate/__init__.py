@@ -324,13 +324,11 @@ def _ceiling(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
 
 
 def _held_out_queries(r: _Run, n: int, seed: int) -> list[str]:
-    from ..datasets import load_queries
-
     used = {it["query_id"] for it in read_jsonl(r.run / "items.jsonl")}
-    qs = load_queries(r.ecfg.get("queries"), column=r.ecfg.get("query_column", "auto"))
-    rest = [q.text for q in qs if q.id not in used]
+    qs = read_jsonl(r.run / "queries.jsonl")  # the run's pool as extract loaded it
+    rest = [q["text"] for q in qs if q["id"] not in used]
     if len(rest) < n:
-        rest += [q.text for q in qs if q.text not in set(rest)]
+        rest += [q["text"] for q in qs if q["text"] not in set(rest)]
     random.Random(f"{seed}/organism").shuffle(rest)
     return rest[:n]
 
@@ -521,6 +519,7 @@ def run_calibrate(run_dir: str | Path, cfg: CalibrateConfig, *, lm: Any = None) 
         atomic_write_json(path, res)
         doc[part] = res
         log(f"calibrate {part}: done in {res['_seconds']:.0f}s")
+    doc["checks"] = summary_rows(doc)  # what the report's "Instrument check" table shows (from this file alone)
     atomic_write_json(run / "calibration.json", doc)
     write_manifest(run, stage="calibrate", config=cfg.to_dict(), name="manifest-calibrate.json",
                    extra={"model": lm.describe(), "layer": r.layer, "timings_s": timings})

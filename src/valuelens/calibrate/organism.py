@@ -41,7 +41,7 @@ from ..models import ADAPTER_META
 from ..runio import atomic_write_json
 from ..values import get_value
 
-__all__ = ["ADAPTER_META", "OrganismConfig", "build_training_data", "monitor_dataset", "train_organism"]
+__all__ = ["ADAPTER_META", "OrganismConfig", "build_training_data", "monitor_dataset", "monitor_file", "train_organism"]
 
 
 @dataclass
@@ -147,7 +147,7 @@ def train_organism(lm: Any, examples: list[dict[str, Any]], cfg: OrganismConfig,
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(res.loss))
+            losses.append(float(res.loss.detach()))
         if log:
             log(f"organism {cfg.value or 'control'}: epoch {epoch + 1}/{cfg.epochs}, loss {np.mean(losses[-10:]):.3f}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,3 +202,65 @@ def monitor_dataset(lm: Any, vv: Any, layer: int, records: Sequence[dict[str, An
     ranking = sorted(proj, key=lambda v: -proj[v])
     return {"ranking": ranking, "projection": {v: round(proj[v], 5) for v in ranking}, "n": len(recs),
             "n_baseline": len(base), "layer": layer}
+
+
+_PROMPT_FIELDS = ("query", "prompt", "instruction", "question", "input", "user")
+_RESPONSE_FIELDS = ("response", "completion", "output", "answer", "assistant", "chosen")
+_CONV_FIELDS = ("messages", "conversations", "conversation")
+
+
+def _pair(row: dict[str, Any], prompt_field: str, response_field: str, where: str) -> tuple[str, str]:
+    """(user prompt, response) of one record: named fields, else the first user turn of a conversation and the
+    assistant turn after it (OpenAI ``messages``, ShareGPT ``conversations``, LMSYS ``conversation``)."""
+    conv = next((row[k] for k in _CONV_FIELDS if isinstance(row.get(k), list)), None)
+    if prompt_field == "auto" and response_field == "auto" and conv is not None:
+        turns = [(str(t.get("role") or t.get("from") or "").lower(), t.get("content", t.get("value")))
+                 for t in conv if isinstance(t, dict)]
+        for i, (role, text) in enumerate(turns):
+            if role in ("user", "human") and isinstance(text, str):
+                nxt = next(((r, x) for r, x in turns[i + 1:] if r in ("assistant", "gpt", "model")), None)
+                if nxt and isinstance(nxt[1], str):
+                    return text, nxt[1]
+        raise DataError(f"{where}: no user turn followed by an assistant turn")
+    pf = prompt_field if prompt_field != "auto" else next((k for k in _PROMPT_FIELDS if k in row), None)
+    rf = response_field if response_field != "auto" else next((k for k in _RESPONSE_FIELDS if k in row), None)
+    if pf is None or rf is None or pf not in row or rf not in row:
+        raise DataError(f"{where}: no prompt/response fields (columns: {', '.join(map(str, row))}); choose with "
+                        "--prompt-field and --response-field")
+    return str(row[pf]), str(row[rf])
+
+
+def monitor_file(path: str | Path, run_dir: str | Path, *, layer: int | None = None, prompt_field: str = "auto",
+                 response_field: str = "auto", limit: int | None = None, lm: Any = None) -> dict[str, Any]:
+    """:func:`monitor_dataset` for a file of prompt/response records (JSONL/JSON/CSV/Parquet, or conversations)
+    against the value vectors of ``run_dir`` (and its model)."""
+    from ..datasets import read_table
+    from ..models import NO_SYSTEM, load_model
+    from ..vectors import ValueVectors
+
+    run = Path(run_dir)
+    if not (run / "vectors.safetensors").exists():
+        raise DataError(f"{run}: no vectors.safetensors; run `valuelens extract --out {run}` first")
+    rows = read_table(path)
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise DataError(f"{path}: no records")
+    if lm is None:
+        lm = load_model(json.loads((run / "config.json").read_text()).get("extract", {}).get("model", "smollm2"))
+    vv = ValueVectors.load(run / "vectors.safetensors")
+    vv.check_compatible(lm.model_hash, lm.spec.d_model, lm.spec.n_layers)
+    layer = lm.spec.check_layer(layer) if layer is not None else int(
+        json.loads((run / "vectors_summary.json").read_text())["layer"])
+    recs = []
+    for i, row in enumerate(rows):
+        q, resp = _pair(row, prompt_field, response_field, f"{path}: record {i + 1}")
+        if not q.strip() or not resp.strip():
+            continue
+        p = lm.chat.render(q, NO_SYSTEM)
+        recs.append({"query": q, "prompt_ids": list(lm.tokenizer(p.text, add_special_tokens=False).input_ids),
+                     "response_ids": list(lm.tokenizer(resp, add_special_tokens=False).input_ids),
+                     "response": resp})
+    if not recs:
+        raise DataError(f"{path}: every record has an empty prompt or response")
+    return monitor_dataset(lm, vv, layer, recs)

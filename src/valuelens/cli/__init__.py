@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("valuelens.cli.stages:report_cmd", "Render a run folder as one self-contained report.html."),
     "export-vector": ("valuelens.cli.stages:export_vector_cmd", "Export a value vector as a llama.cpp GGUF."),
     "detect": ("valuelens.cli.detect:detect", "Value detector: download, train, evaluate, compare, predict."),
+    "calibrate": ("valuelens.cli.calibrate:calibrate_cmd", "Instrument check: planted direction, model organisms, judge."),
+    "monitor": ("valuelens.cli.calibrate:monitor_cmd", "Which value would fine-tuning on a dataset raise?"),
     "serve": ("valuelens.cli.serve:serve_cmd", "OpenAI-compatible endpoint: a steered HF model, or llama.cpp for a GGUF."),
     "lm-eval": ("valuelens.cli.serve:lm_eval_cmd", "lm-evaluation-harness with the valuelens model and shipped tasks."),
     "pack": ("valuelens.cli.vectors:pack_cmd", "A run's vectors as a shareable folder: safetensors, config, model card."),

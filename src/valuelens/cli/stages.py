@@ -111,6 +111,9 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
     if sections:
         d["sections"] = list(sections)
     cfg = AnalyzeConfig.quick(**d) if quick else AnalyzeConfig.from_dict(d)
+    from ..check import check_analyze
+
+    check_analyze(run_dir, cfg)  # nothing is loaded or written before the run folder and the config pass
     if ray_address is not None:
         from ..distributed import RayOptions, run_analyze_ray
 
@@ -126,15 +129,19 @@ def analyze_cmd(run_dir: str, config_file: str | None, quick: bool, sections: tu
 @click.option("--model", help="Model short name, GGUF path, folder or hub id (default: the embedded SmolLM2).")
 @click.option("--extract-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for extract.")
 @click.option("--analyze-config", type=click.Path(dir_okay=False), help="JSON/YAML overrides for analyze.")
+@click.option("--calibrate-config", type=click.Path(dir_okay=False),
+              help="JSON/YAML overrides for the instrument check (e.g. {\"parts\": [\"planted\", \"judge\", "
+                   "\"ceiling\", \"organism\"]}; {\"parts\": []} skips it).")
 @click.option("--data", default=None, help="ValueEval'23 folder for training the detector judge.")
 @query_options
 @ray_option
 @dry_run_option
 def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | None, analyze_config: str | None,
-            data: str | None, ray_address: str | None, dry_run: bool, queries: str | None = None,
+            data: str | None, ray_address: str | None, dry_run: bool, calibrate_config: str | None = None,
+            queries: str | None = None,
             query_column: str | None = None, query_format: str | None = None, turns: str | None = None,
             sample: int | None = None, language: str | None = None) -> None:
-    """The whole pipeline: detector judge → extract → analyze → report.html (resumable; rerun to continue).
+    """The whole pipeline: detector judge → extract → instrument check → analyze → report.html (resumable).
 
     It first runs `valuelens check` on the same arguments (nothing is trained, loaded or written before it
     passes)."""
@@ -155,7 +162,7 @@ def run_cmd(out_dir: str, quick: bool, model: str | None, extract_config: str | 
 
     report = run_pipeline(out_dir, quick=quick, model=model, extract_overrides=ex,
                           analyze_overrides=load_config_file(analyze_config), data_dir=data,
-                          ray_address=ray_address)
+                          ray_address=ray_address, calibrate_overrides=load_config_file(calibrate_config))
     doc = json.loads((Path(out_dir) / "findings.json").read_text())
     click.echo(format_findings(doc["findings"]))
     counts = doc.get("counts", {})

@@ -35,7 +35,8 @@ from ..errors import ConfigError
 from .data import ValueEvalSplit
 from .finetune import TrainConfig
 
-__all__ = ["PRESETS", "Preset", "PresetResult", "ensure_preset", "preset_config", "train_preset"]
+__all__ = ["PRESETS", "Preset", "PresetResult", "default_detector_dir", "ensure_preset", "preset_config",
+           "train_preset"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,20 @@ PRESETS: dict[str, Preset] = {
         TrainConfig(encoder="minilm", epochs=3, lr=1e-4, head_lr=2e-3, length_buckets=True, eval_each_epoch=False),
         cache_name="minilm-pipeline-v1"),
 }
+
+
+def default_detector_dir() -> Path:
+    """Where the pipeline's default detector lives: the ``pipeline`` preset's folder when trained, else the older
+    ``minilm-v1`` when that one is trained, else the ``pipeline`` preset's folder (where it will be trained). The
+    one place every judge, check and pipeline stage asks."""
+    from .encoders import cache_dir
+
+    root = cache_dir() / "detectors"
+    new = root / PRESETS["pipeline"].cache_name
+    old = root / "minilm-v1"
+    if not (new / "detector.json").exists() and (old / "detector.json").exists():
+        return old
+    return new
 
 
 def preset_config(name: str, *, bf16: bool | str | None = "auto", **overrides: Any) -> TrainConfig:

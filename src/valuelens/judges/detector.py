@@ -45,11 +45,10 @@ def probability_value_scores(cal_probs: np.ndarray) -> np.ndarray:
 
 
 def _default_folder(root: Path) -> Path:
-    """The pipeline preset's detector when trained (``valuelens.detect.presets``), else the older ``minilm-v1``."""
-    from ..detect.presets import PRESETS
+    """The pipeline's default detector (:func:`valuelens.detect.presets.default_detector_dir`)."""
+    from ..detect.presets import default_detector_dir
 
-    new = root / PRESETS["pipeline"].cache_name
-    return new if (new / "detector.json").exists() else root / "minilm-v1"
+    return default_detector_dir()
 
 
 @register_judge("detector")
