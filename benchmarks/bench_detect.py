@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = resolve_data_dir(args.data)
-    train = load_split(folder, "training")
+    train = load_split(folder, "training", level1=True)
     valid = load_split(folder, "validation").head(args.max_eval)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_detect_"))
     over: dict[str, Any] = {k: v for k, v in (("max_train", args.max_train), ("encoder", args.encoder),

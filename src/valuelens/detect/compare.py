@@ -159,7 +159,7 @@ def compare(methods: list[str], split: str, out_dir: str | Path, *, data_dir: st
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train = load_split(data_dir, "training").head(max_train)
+    train = load_split(data_dir, "training", level1=True).head(max_train)
     valid = load_split(data_dir, split).head(max_eval)
     assert train.labels is not None and valid.labels is not None
     _gold_cache[str(out)] = valid.labels
