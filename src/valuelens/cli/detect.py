@@ -74,6 +74,8 @@ def _train_options(f: Any) -> Any:
                      help="also checkpoint every N steps inside an epoch"),
         click.option("--prior-bias/--zero-bias", default=True, show_default=True,
                      help="start the head's bias at each category's log prior odds (else zero)"),
+        click.option("--epoch-eval/--no-epoch-eval", "eval_each_epoch", default=True, show_default=True,
+                     help="score the held-out part after every epoch (early stopping); off: keep the last epoch"),
         click.option("--threshold-objective", type=click.Choice(["macro", "category"]), default="macro",
                      show_default=True, help="thresholds maximise the official macro F1 or each category's F1"),
     ]
