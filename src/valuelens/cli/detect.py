@@ -88,8 +88,8 @@ def _train_options(f: Any) -> Any:
 @_train_options
 @click.option("--preset", type=click.Choice(["fast", "best", "pipeline"]), default=None,
               help="a named recipe (docs/detector.md): fast = the default MiniLM recipe, best = mpnet + TF-IDF "
-                   "(<= 60 min on 2 cores), pipeline = the judge of `valuelens run` (<= 3 min); options given "
-                   "explicitly override the preset's")
+                   "(strongest), pipeline = MiniLM 1 epoch, the judge of `valuelens run` (fastest); options "
+                   "given explicitly override the preset's")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="run folder (checkpoints; the final detector goes to OUT/model, OUT/ensemble for best). "
                    "Rerun to resume.")
