@@ -115,7 +115,18 @@ def test_detector_judge(trained: tuple) -> None:
                       ["universalism", "power"])
     assert res.labels.shape == (3, 2) and res.scores.shape == (3, 2) and res.valid.all()
     assert res.labels.dtype == bool and ((res.scores >= 0) & (res.scores <= 1)).all()
-    assert (res.labels == (res.scores >= 0.5)).all()
+    # Labels come from the tuned thresholds (any category of the value passes its own); scores are the
+    # calibrated probability of the value's most likely category.
+    from valuelens.values import VALUE_NAMES, valueeval_to_schwartz_matrix
+
+    det = judge.detector
+    texts = ["Protect nature.", "Money and status matter most.", "Be kind to your family."]
+    probs = det.predict_proba(texts)
+    m = valueeval_to_schwartz_matrix().astype(bool)
+    for k, v in enumerate(("Universalism", "Power")):
+        cols = m[:, VALUE_NAMES.index(v)]
+        assert (res.labels[:, k] == (probs >= det.thresholds)[:, cols].any(1)).all()
+        np.testing.assert_allclose(res.scores[:, k], det.calibrator.transform(probs)[:, cols].max(1))
     d = judge.describe()
     assert d["name"] == "detector" and len(d["sha256"]) == 64 and d["model"] == str(out / "model")
 

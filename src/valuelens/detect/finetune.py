@@ -593,7 +593,7 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit | None, config: 
     if config.prior_bias:
         with torch.no_grad():
             for lin, t in [(model.head, y)] + [(model.aux_heads[f"{n}_head"], aux_y[n]) for n in aux_names]:
-                prior = (t.sum(0) / len(t)).clamp(1e-3, 1 - 1e-3)
+                prior = (t.sum(0).clamp(min=1.0) / len(t)).clamp(1e-3, 1 - 1e-3)  # no positive counts as one
                 lin.bias.copy_(torch.log(prior / (1 - prior)))
     loss_fn = _loss_fn(config.loss, torch.sqrt((len(y) - pos) / pos))
     texts = fit.texts()
