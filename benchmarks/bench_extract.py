@@ -226,6 +226,8 @@ def subset_run(base: Path, dest: Path, frac: float) -> int:
 def measure_stages(args: argparse.Namespace, lm: LoadedModel, base: Path, dest: Path, factor: int) -> dict[str, Any]:
     n = subset_run(base, dest, factor / 4)
     cfg = base_config(args, factor * args.n)
+    # The hand-made folder is this config's run (extract refuses folders of unknown origin).
+    atomic_write_text(dest / "config.json", json.dumps({"extract": cfg.to_dict()}))
     gc.collect()
     exact = C.reset_peak_rss()
     start, peak_before = C.rss_mb(), C.peak_rss_mb()
