@@ -329,6 +329,7 @@ def _judge_class(name: str) -> Any:
 
 
 def _check_options(name: str, cls: Any, options: dict[str, Any]) -> None:
+    options = {k: v for k, v in options.items() if k != "chat_calibration"}  # handled by extract.make_judge
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return

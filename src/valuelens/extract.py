@@ -284,6 +284,12 @@ def make_judge(cfg: ExtractConfig, lm: LoadedModel | None = None) -> Any:
     from .judges import get_judge
 
     name, opts = cfg.judge, dict(cfg.judge_options)
+    # "chat_calibration": "dev" recalibrates the judge for chat text on the shipped labelled chat answers' dev
+    # split (per-value thresholds and percentile scores; valuelens.judges.indomain) — the judge's own training
+    # (e.g. the detector's ValueEval thresholds) is untouched.
+    chat_cal = opts.pop("chat_calibration", None)
+    if chat_cal not in (None, False, "dev", "all"):
+        raise ConfigError(f"judge option chat_calibration must be 'dev' (or absent), got {chat_cal!r}")
     if name == "auto":
         from .detect.presets import default_detector_dir
 
@@ -297,7 +303,12 @@ def make_judge(cfg: ExtractConfig, lm: LoadedModel | None = None) -> Any:
             opts.setdefault("backend_spec", f"local:{cfg.model}")
     elif Path(name).expanduser().is_dir():
         opts["model"], name = name, "detector"
-    return get_judge(name, **opts)
+    judge = get_judge(name, **opts)
+    if chat_cal:
+        from .judges.indomain import calibrate_judge
+
+        judge = calibrate_judge(judge, "dev" if chat_cal is True else chat_cal)
+    return judge
 
 
 def _judge(run: Path, cfg: ExtractConfig) -> None:

@@ -99,7 +99,8 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
     if quick:
         if "judge" not in ex:
             t = time.time()
-            ex["judge"], ex["judge_options"] = "detector", {"model": str(ensure_detector(data_dir, quick=True))}
+            ex["judge"], ex["judge_options"] = "detector", {"model": str(ensure_detector(data_dir, quick=True)),
+                                                            "chat_calibration": "dev"}
             timings["detector"] = round(time.time() - t, 1)
         ecfg = ExtractConfig.quick(**ex)
         acfg = AnalyzeConfig.quick(**(analyze_overrides or {}))
@@ -109,7 +110,9 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
             t = time.time()
             det = ensure_detector(data_dir)
             ex["judge"] = "detector"
-            ex["judge_options"] = {**ex.get("judge_options", {}), "model": str(det)}
+            # Recalibrated for chat text on the labelled chat answers' dev split (docs/judges.md: with its
+            # ValueEval thresholds the detector says "yes" to Power and Benevolence on every chat answer).
+            ex["judge_options"] = {"chat_calibration": "dev", **ex.get("judge_options", {}), "model": str(det)}
             timings["detector"] = round(time.time() - t, 1)
         # Rank labels by default: the detector, trained on arguments, labels some values on (almost) every chat
         # answer (e.g. 240/240 Universalism, 234/240 Benevolence on SmolLM2 with its tuned thresholds), which
