@@ -45,3 +45,15 @@ def smollm2():
     from valuelens.models import load_model
 
     return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """The tiny random chat model saved as a model folder, so subprocesses and Ray workers load it by path."""
+    from valuelens.testing import tiny_chat_lm
+
+    lm = tiny_chat_lm()
+    d = tmp_path_factory.mktemp("tiny-chat")
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d

@@ -47,7 +47,7 @@ from .progress import log
 from .runio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl, shard_slice, write_manifest
 from .values import VALUE_NAMES, resolve_values
 
-__all__ = ["STAGES", "ExtractConfig", "extract_figures", "iter_activation_chunks", "label_groups", "load_judgments",
+__all__ = ["STAGES", "ExtractConfig", "extract_figures", "iter_activation_chunks", "label_groups", "layer_groups", "load_judgments",
            "load_responses", "make_judge", "run_extract"]
 
 STAGES = ("prepare", "generate", "judge", "activations", "vectors")
@@ -427,6 +427,32 @@ def iter_activation_chunks(run: Path, expected_hash: str | None = None):  # type
             if expected_hash and meta.get("model_hash") != expected_hash:
                 raise ConfigError(f"{f}: activations come from another model ({meta.get('model_hash', '?')[:12]}…)")
             yield json.loads(meta["ids"]), fh.get_tensor("acts")
+
+
+def layer_groups(run: Path, extract_cfg: dict[str, Any], model_hash: str, layer_row: int, values: Sequence[str],
+                 d_model: int) -> tuple[np.ndarray, dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """One layer's response activations with the label groups as row indices, for resampling.
+
+    Returns ``x [n, D]`` (float64, one row per response with activations), ``groups[(value, condition)] =
+    (pos_rows, neg_rows)`` for ``values``, and each row's stratum (``intrinsic`` or ``prompted/<value>``) — the unit
+    a bootstrap resamples within.
+    """
+    responses = load_responses(run)
+    groups = label_groups(ExtractConfig.from_dict(extract_cfg), responses, load_judgments(run))
+    row_of: dict[str, int] = {}
+    chunks = []
+    for ids, acts in iter_activation_chunks(run, model_hash):
+        for i in ids:
+            row_of[i] = len(row_of)
+        chunks.append(acts[:, layer_row, :].to(torch.float64).numpy())
+    x = np.concatenate(chunks) if chunks else np.zeros((0, d_model))
+    by_id = {r["id"]: r for r in responses}
+    strata = np.array([by_id[i]["condition"] if by_id[i]["condition"] == "intrinsic"
+                       else f"prompted/{by_id[i]['target_value']}" for i in row_of], dtype=object)
+    idx = {(v, c): (np.array([row_of[i] for i in g["pos"] if i in row_of], dtype=np.int64),
+                    np.array([row_of[i] for i in g["neg"] if i in row_of], dtype=np.int64))
+           for (v, c), g in groups.items() if v in values}
+    return x, idx, strata
 
 
 # --------------------------------------------------------------------------------------------------------------

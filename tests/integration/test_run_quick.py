@@ -67,6 +67,23 @@ def test_every_stage_wrote_its_tables_and_figures(quick_run):
     assert len(pngs) >= 7 and html.count("data:image/png;base64,") == len(pngs) and "Findings" in html
 
 
+def test_the_instrument_check_sees_a_planted_direction_and_measures_the_judge(quick_run):
+    doc = json.loads((quick_run / "calibration.json").read_text())
+    p = doc["planted"]
+    # The headline plant (~2x the model's own value vectors) is recovered almost exactly, far above the null;
+    # the sensitivity curve sees much smaller plants.
+    assert p["recovery_cos"] >= 0.9 > p["null_cos_p95"] and p["intrinsic_cos"] > p["intrinsic_null_p95"]
+    assert p["recovery_ci"][0] <= p["recovery_cos"] <= p["recovery_ci"][1]
+    assert p["smallest_strength_recovered_prompted"] <= 0.1
+    assert p["machinery"]["relative_diff"] < 1e-4  # hooks plant exactly what the activation arithmetic assumes
+    j = doc["judge"]
+    assert {"in_domain_macro_f1", "prompted_top1", "chance_top1"} <= set(j)
+    assert j["in_domain_top1_ci"][0] > j["chance_top1"] and j["better_than_chance_in_domain"]
+    assert set(doc["ceiling"]["per_value"]) == {"Benevolence", "Power", "Tradition"}
+    html = (quick_run / "report.html").read_text()
+    assert html.index('id="instrument"') < html.index('id="findings"')
+
+
 def test_questionnaire_has_controls(quick_run):
     import pandas as pd
 
@@ -154,7 +171,8 @@ def test_crosslingual_section_runs_the_same_conditions_in_every_language(quick_r
     # SmolLM2 is English-only, so the default skips it; forcing a language exercises the machinery for real.
     run = tmp_path / "xl"
     shutil.copytree(quick_run, run)
-    cfg = AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"], crosslingual_conditions=["prompted", "random"])
+    cfg = AnalyzeConfig.quick(sections=["crosslingual"], languages=["zh"], crosslingual_conditions=["prompted", "random"],
+                              pvq_items_per_value=1)  # one item per value: the machinery, at half the cost
     findings = {f["id"]: f for f in run_analyze(run, cfg, lm=smollm2)}
     df = pd.read_csv(run / "analyze/crosslingual/tables/by_language.csv")
     assert set(df["lang"]) == {"en", "zh"} and set(df["condition"]) == {"prompted"}  # each vs its random control

@@ -54,8 +54,12 @@ def test_a_strong_plant_is_recovered_exactly_and_a_null_is_not() -> None:
     zero = planted_recovery(noisy, strength=0.0, n_boot=50)
     assert abs(zero["cos"]) < zero["null_p95"] + 0.2 and zero["null_p95"] < 0.9
     # Recovery grows with strength and with the number of responses.
-    weak, mid = (planted_recovery(noisy, strength=s, n_boot=50)["cos"] for s in (0.05, 1.0))
-    assert mid > weak
+    weak, mid = (planted_recovery(noisy, strength=s, n_boot=50) for s in (0.05, 1.0))
+    assert mid["cos"] > weak["cos"]
+    # Resampling lowers a cosine; the interval is corrected for that bias, so it holds the point estimate.
+    for r in (weak, mid):
+        assert r["ci"][0] <= r["cos"] <= r["ci"][1]
+    assert mid["bootstrap_bias"] < 0
     inter = planted_recovery(noisy, path="intrinsic", strength=3.0, n_boot=50)
     assert inter["cos"] > 0.8
 
@@ -82,6 +86,27 @@ def test_calibration_json_has_the_issue_keys(cal_run) -> None:
               "monitor_rank", "control"):
         assert k in o, k
     assert o["results"]["Benevolence"]["train"]["steps"] >= 2
+    # The value organism is tested against the control organism, the control against a placebo (another seed).
+    assert set(o["organisms"]) == {"Benevolence", "control", "placebo"}
+    for m in ("questionnaire", "activation"):
+        assert {"delta", "ci", "p_value", "n"} <= set(o["vs_control"]["Benevolence"][m])
+        assert o["control_vs_placebo"][m]["n"] == o["vs_control"]["Benevolence"][m]["n"]
+    assert isinstance(o["detected"], bool) and isinstance(o["control_detected"], bool)
+    # Best-of-k: each query's kept answer is the judge's favourite among its k sampled answers.
+    gens = [json.loads(x) for x in (run / "calibrate/organisms/benevolence/train_generations.jsonl").open()]
+    assert len(gens) == 3 * len({g["query_index"] for g in gens})
+    from valuelens.extract import ExtractConfig as _E
+    from valuelens.extract import make_judge
+    judge = make_judge(_E.from_dict(json.loads((run / "config.json").read_text())["extract"]))
+    sc = np.nan_to_num(judge.judge([g["response"] for g in gens], ["Benevolence"]).scores[:, 0])
+    best: dict[str, float] = {}
+    for g, x in zip(gens, sc, strict=True):
+        if g["response_ids"]:
+            best[g["query"]] = max(best.get(g["query"], -1.0), float(x))
+    kept = [json.loads(x) for x in (run / "calibrate/organisms/benevolence/train.jsonl").open()]
+    assert len(kept) == len(best) == o["results"]["Benevolence"]["train"]["n_examples"]
+    for k in kept:
+        assert k["score"] == pytest.approx(best[k["query"]], abs=1e-4)
     j = doc["judge"]
     for k in ("in_domain_macro_f1", "prompted_top1", "chance_top1"):
         assert k in j

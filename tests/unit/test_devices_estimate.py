@@ -14,17 +14,6 @@ from valuelens.extract import ExtractConfig, run_extract
 from valuelens.runio import read_jsonl
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from valuelens.testing import tiny_chat_lm
-
-    lm = tiny_chat_lm()
-    d = tmp_path_factory.mktemp("tiny-chat")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
-
 def _cfg(folder, **kw) -> ExtractConfig:
     base = dict(model=str(folder), values=["Benevolence", "Power", "Tradition"], n_intrinsic=7,
                 n_prompted_per_value=3, max_new_tokens=5, batch_size=4, judge="lexicon", gen_bf16=False)

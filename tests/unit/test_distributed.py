@@ -106,18 +106,6 @@ def test_a_task_user_error_comes_back_as_the_same_one_line_error(tmp_path, local
     assert local_ray.is_initialized()  # the caller's Ray instance is left running
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """The tiny random chat model saved as a model folder, so Ray workers load it by path."""
-    from valuelens.testing import tiny_chat_lm
-
-    lm = tiny_chat_lm()
-    d = tmp_path_factory.mktemp("tiny-chat")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
-
 def test_ray_extract_on_the_tiny_model_equals_one_process(tmp_path, tiny_folder, local_ray):
     """Every stage as Ray tasks (3 generate and activation shards on 2 local workers): the same records,
     judgments and vectors as a single process."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from .base import Context
 
@@ -65,31 +64,10 @@ def load_layer_data(ctx: Context) -> LayerData:
     cached = state.get("layer_data")
     if cached is not None and cached.layer == ctx.layer:
         return cached
-    from ..extract import ExtractConfig, iter_activation_chunks, label_groups, load_judgments, load_responses
+    from ..extract import layer_groups
 
-    ecfg = ExtractConfig.from_dict(ctx.extract_cfg)
-    responses = load_responses(ctx.run)
-    groups = label_groups(ecfg, responses, load_judgments(ctx.run))
-    row_of: dict[str, int] = {}
-    chunks = []
-    li = ctx.vv.layer_row(ctx.layer)
-    for ids, acts in iter_activation_chunks(ctx.run, ctx.vv.model_hash):
-        for i in ids:
-            row_of[i] = len(row_of)
-        chunks.append(acts[:, li, :].to(torch.float64).numpy())
-    x = np.concatenate(chunks) if chunks else np.zeros((0, ctx.lm.spec.d_model))
-    by_id = {r["id"]: r for r in responses}
-    strata = np.empty(len(row_of), dtype=object)
-    for rid, row in row_of.items():
-        r = by_id[rid]
-        strata[row] = r["condition"] if r["condition"] == "intrinsic" else f"prompted/{r['target_value']}"
-    idx_groups = {}
-    for (v, c), g in groups.items():
-        if v not in ctx.values:
-            continue
-        pos = np.array([row_of[i] for i in g["pos"] if i in row_of], dtype=np.int64)
-        neg = np.array([row_of[i] for i in g["neg"] if i in row_of], dtype=np.int64)
-        idx_groups[(v, c)] = (pos, neg)
+    x, idx_groups, strata = layer_groups(ctx.run, ctx.extract_cfg, ctx.vv.model_hash, ctx.vv.layer_row(ctx.layer),
+                                         ctx.values, ctx.lm.spec.d_model)
     data = LayerData(x=x, groups=idx_groups, strata=strata, layer=ctx.layer)
     state["layer_data"] = data
     return data

@@ -36,7 +36,7 @@ from ..config import strict_config
 from ..errors import ConfigError, DataError
 from ..progress import log
 from ..runio import atomic_write_json, atomic_write_text, read_jsonl, write_manifest
-from ..stats import paired_effect, sign_flip_test
+from ..stats import paired_effect
 from ..values import VALUE_NAMES, get_value
 
 __all__ = ["PARTS", "CalibrateConfig", "run_calibrate"]
@@ -51,14 +51,21 @@ class CalibrateConfig:
     batch_size: int = 8
     parts: list[str] = field(default_factory=lambda: list(PARTS))
     # Planted direction
-    plant_strength: float = 0.1  # relative to the layer's mean residual norm
-    plant_strengths: list[float] = field(default_factory=lambda: [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
+    # Relative to the layer's mean residual norm. The headline plant is ~2x the model's own value vectors
+    # (‖v_prompt‖ ≈ 0.2 of the residual norm on SmolLM2), where a working instrument must recover it almost exactly;
+    # the sensitivity curve over plant_strengths shows the smallest plant it still sees above the null.
+    plant_strength: float = 0.5
+    plant_strengths: list[float] = field(default_factory=lambda: [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
     plant_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     plant_boot: int = 200
     machinery_records: int = 16
     # Model organisms
     organisms: list[str] = field(default_factory=lambda: ["Benevolence", "Power"])
     organism_control: bool = True
+    # A second control organism (another seed): the placebo against which "the control is not detected" is
+    # tested — a value organism is compared with the control, the control with the placebo, on the same units.
+    organism_placebo: bool = True
+    organism_candidates: int = 3  # best-of-k answers under the value prompt, chosen by the run's judge
     organism_train: int = 96
     organism_epochs: int = 3
     organism_lr: float = 1e-3
@@ -73,8 +80,8 @@ class CalibrateConfig:
 
     QUICK: ClassVar[dict[str, Any]] = {"organisms": ["Benevolence"], "organism_train": 64, "organism_epochs": 3,
                                        "organism_eval_queries": 12, "organism_shift_responses": 48,
-                                       "plant_boot": 100, "plant_strengths": [0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
-                                       "ceiling_templates": 2}
+                                       "plant_boot": 100, "plant_strengths": [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+                                       "ceiling_templates": 1}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CalibrateConfig:
@@ -94,7 +101,7 @@ class CalibrateConfig:
         if any(not 0 < f <= 1 for f in self.plant_fractions):
             raise ConfigError("plant_fractions must be in (0, 1]")
         for k in ("organism_train", "organism_epochs", "organism_eval_queries", "organism_shift_responses",
-                  "plant_boot", "ceiling_templates"):
+                  "plant_boot", "ceiling_templates", "organism_candidates"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k} must be >= 1")
         if not 1 <= self.pvq_items_per_value <= 6:
@@ -114,7 +121,8 @@ _PART_KEYS: dict[str, tuple[str, ...]] = {
                 "machinery_records"),
     "judge": ("judge_split", "seed"),
     "ceiling": ("seed", "batch_size", "pvq_items_per_value", "ceiling_templates"),
-    "organism": ("layer", "seed", "batch_size", "organisms", "organism_control", "organism_train",
+    "organism": ("layer", "seed", "batch_size", "organisms", "organism_control", "organism_placebo",
+                 "organism_candidates", "organism_train",
                  "organism_epochs", "organism_lr", "organism_rank", "organism_eval_queries",
                  "organism_shift_responses", "pvq_items_per_value"),
 }
@@ -166,29 +174,13 @@ class _Run:
 
 
 def _planted(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
-    from ..extract import ExtractConfig, iter_activation_chunks, label_groups, load_judgments, load_responses
+    from ..extract import layer_groups, load_responses
     from ..plots import plt, savefig
     from .planted import PlantData, machinery_check, planted_recovery, random_unit
 
-    ecfg = ExtractConfig.from_dict(r.ecfg)
+    x, g, strata = layer_groups(r.run, r.ecfg, r.vv.model_hash, r.vv.layer_row(r.layer), r.values,
+                                r.lm.spec.d_model)
     responses = load_responses(r.run)
-    groups = label_groups(ecfg, responses, load_judgments(r.run))
-    row_of: dict[str, int] = {}
-    chunks = []
-    li = r.vv.layer_row(r.layer)
-    for ids, acts in iter_activation_chunks(r.run, r.vv.model_hash):
-        for i in ids:
-            row_of[i] = len(row_of)
-        chunks.append(acts[:, li, :].double().numpy())
-    x = np.concatenate(chunks)
-    by_id = {x_["id"]: x_ for x_ in responses}
-    strata = np.array([by_id[i]["condition"] if by_id[i]["condition"] == "intrinsic"
-                       else f"prompted/{by_id[i]['target_value']}" for i in row_of], dtype=object)
-    g = {}
-    for (v, c), grp in groups.items():
-        if v in r.values:
-            g[(v, c)] = (np.array([row_of[i] for i in grp["pos"] if i in row_of], dtype=np.int64),
-                         np.array([row_of[i] for i in grp["neg"] if i in row_of], dtype=np.int64))
     data = PlantData(x=x, groups=g, strata=strata, values=list(r.values), norm=r.norm)
     out: dict[str, Any] = {"layer": r.layer, "strength": cfg.plant_strength, "residual_norm": round(r.norm, 4),
                            "n_responses": len(x), "values": list(r.values)}
@@ -358,8 +350,15 @@ def _shift(lm_a: Any, lm_b: Any, records: list[dict[str, Any]], layer: int, batc
     return np.stack([a[x["id"]] - b[x["id"]] for x in records])
 
 
+def _flat(vs: dict[str, Any]) -> dict[str, Any]:
+    """``versus()`` output in the keys :func:`_detected` reads."""
+    return {f"{m}_{k}": vs[m][src] for m in ("questionnaire", "activation") if m in vs
+            for k, src in (("p", "p_value"), ("delta", "delta"))}
+
+
 def _detected(res: dict[str, Any], alpha: float = 0.05) -> bool:
-    """A shift in the target's direction (questionnaire or activations) with p < α."""
+    """A shift in the target's direction (questionnaire or activations) with p < α/2 (Bonferroni: two tests)."""
+    alpha = alpha / 2
     q = res.get("questionnaire_p") is not None and res["questionnaire_p"] < alpha and res["questionnaire_delta"] > 0
     a = (res.get("activation_p") is not None and res["activation_p"] < alpha
          and (res.get("activation_delta") or 0) > 0)
@@ -377,30 +376,43 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
     train_q, eval_q = queries[: cfg.organism_train], queries[cfg.organism_train:]
     if len(eval_q) < 2:
         raise DataError(f"{r.run}: too few held-out queries for the organisms ({len(queries)})")
-    names = [*cfg.organisms, *(["control"] if cfg.organism_control else [])]
+    controls = (["control"] + (["placebo"] if cfg.organism_placebo else [])) if cfg.organism_control else []
+    names = [*cfg.organisms, *controls]
     data, adapters = {}, {}
+    judge = r.judge()
     for name in names:
-        ocfg = OrganismConfig(value=None if name == "control" else name, n_train=cfg.organism_train,
-                              epochs=cfg.organism_epochs, lr=cfg.organism_lr, rank=cfg.organism_rank, seed=cfg.seed)
+        value = None if name in ("control", "placebo") else name
+        ocfg = OrganismConfig(value=value, n_train=cfg.organism_train, epochs=cfg.organism_epochs,
+                              lr=cfg.organism_lr, rank=cfg.organism_rank,
+                              seed=cfg.seed + (1 if name == "placebo" else 0),
+                              candidates=cfg.organism_candidates if value else 1)
+
+        def score(texts: list[str], value: str | None = value) -> np.ndarray:
+            return np.nan_to_num(judge.judge(texts, [value]).scores[:, 0], nan=0.0)
         folder = odir / name.lower()
-        data[name] = build_training_data(r.lm, train_q, ocfg, folder / "train_generations.jsonl")
+        data[name] = build_training_data(r.lm, train_q, ocfg, folder / "train_generations.jsonl",
+                                         score=score if value else None)
+        # The organism's training set as query/response pairs: what `valuelens monitor` reads.
+        atomic_write_text(folder / "train.jsonl", "".join(
+            json.dumps({k: x[k] for k in ("query", "response", "system", "score") if k in x}) + "\n"
+            for x in data[name]))
         meta = train_organism(r.lm, data[name], ocfg, folder / "adapter", log=log)
         adapters[name] = (folder / "adapter", meta)
     items = _pvq(cfg)
     from ..evals.questionnaire import administer
 
     base_q = administer(r.lm, items, "en", batch_size=cfg.batch_size)
-    judge = r.judge()
     base_free = _free_answers(r.lm, eval_q, odir / "base_free.jsonl", cfg)
     shift_recs = [x for x in load_responses(r.run) if x["condition"] == "intrinsic" and x["response_ids"]]
     shift_recs = shift_recs[: cfg.organism_shift_responses]
     results: dict[str, Any] = {}
     qrows, erows = [], []
+    per_unit: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (organism, target) -> measure -> units
     for name in names:
         olm = apply_adapter(r.lm, adapters[name][0])
         q = administer(olm, items, "en", batch_size=cfg.batch_size)
         free = _free_answers(olm, eval_q, odir / name.lower() / "free.jsonl", cfg)
-        targets = cfg.organisms if name == "control" else [name]
+        targets = cfg.organisms if name in ("control", "placebo") else [name]
         res: dict[str, Any] = {"train": {k: adapters[name][1].get(k) for k in
                                          ("n_examples", "steps", "train_seconds", "loss_first", "loss_last")}}
         jb = judge.judge(base_free, [get_value(t).name for t in targets])
@@ -423,9 +435,11 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
             proj = sh @ np.stack([units[v] for v in r.values]).T  # [N, V]
             col = list(r.values).index(t) if t in r.values else None
             act = None
+            per_unit[(name, t)] = {"questionnaire": y, "expression": e}
             if col is not None and others:
                 d_resp = proj[:, col] - proj[:, [list(r.values).index(v) for v in others]].mean(axis=1)
                 act = paired_effect(d_resp, seed=cfg.seed)
+                per_unit[(name, t)]["activation"] = d_resp
             rank = (sorted(cos, key=lambda v: -cos[v]).index(t) + 1) if t in cos else None
             res[t] = {"questionnaire_delta": round(pe.effect, 4), "questionnaire_ci": [round(pe.ci_low, 4),
                                                                                    round(pe.ci_high, 4)],
@@ -452,7 +466,20 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
         mon = monitor_dataset(r.lm, r.vv, r.layer, data[name], baseline=base_answers, batch_size=cfg.batch_size)
         mon["target_rank"] = (mon["ranking"].index(name) + 1) if name in mon["ranking"] else None
         monitors[name] = mon
-    # Summary for the first organism (the issue's keys), paired tests against the control.
+    # Against base, fine-tuning on the model's own answers shifts every organism alike (measured on SmolLM2: the
+    # control's questionnaire and activations moved towards Benevolence as much as the Benevolence organism's), so
+    # an organism is detected against the control organism and the control against the placebo (another seed),
+    # each on the same units (items, queries, responses), two measures with Bonferroni.
+    def versus(a: str, b: str, t: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        ua, ub = per_unit.get((a, t), {}), per_unit.get((b, t), {})
+        for m in ("questionnaire", "activation", "expression"):
+            if m in ua and m in ub and len(ua[m]) == len(ub[m]) and len(ua[m]):
+                pe = paired_effect(ua[m] - ub[m], seed=cfg.seed)
+                out[m] = {"delta": round(pe.effect, 5), "ci": [round(pe.ci_low, 5), round(pe.ci_high, 5)],
+                          "p_value": pe.p_value, "n": pe.n, "mde": round(pe.mde, 5) if np.isfinite(pe.mde) else None}
+        return out
+
     first = cfg.organisms[0]
     fr = results[first][first]
     out = {"target": first, "organisms": names, "results": results, "monitor": monitors,
@@ -461,19 +488,25 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
            "shift_cos_target": fr["shift_cos_target"], "shift_rank": fr["shift_rank"],
            "activation_delta": fr["activation_delta"], "activation_p": fr["activation_p"],
            "monitor_rank": monitors[first]["target_rank"]}
-    out["p_value"] = min(p for p in (fr["questionnaire_p"], fr["activation_p"]) if p is not None)
-    if "control" in results and first in results["control"]:
-        c = results["control"][first]
-        out["control"] = {"questionnaire_delta": c["questionnaire_delta"], "questionnaire_p": c["questionnaire_p"],
-                          "expression_delta": c["expression_delta"], "activation_delta": c["activation_delta"],
-                          "activation_p": c["activation_p"], "shift_rank": c["shift_rank"]}
-        # Organism vs control on the same units.
-        qo = np.array([x["y"] for x in qrows if x["organism"] == first and x["target"] == first])
-        qc = np.array([x["y"] for x in qrows if x["organism"] == "control" and x["target"] == first])
-        if len(qo) == len(qc) and len(qo):
-            out["questionnaire_vs_control_p"] = sign_flip_test(qo - qc)
-    out["detected"] = _detected(fr)
-    out["control_detected"] = _detected(out["control"]) if out.get("control") else False
+    if "control" not in results:  # no control: only the (unspecific) shift against base
+        ps = [p for p in (fr["questionnaire_p"], fr["activation_p"]) if p is not None]
+        out["p_value"] = min(1.0, len(ps) * min(ps)) if ps else None
+        out["detected"], out["control_detected"] = _detected(fr), None
+        return out
+    c = results["control"][first]
+    out["control"] = {"questionnaire_delta": c["questionnaire_delta"], "questionnaire_p": c["questionnaire_p"],
+                      "expression_delta": c["expression_delta"], "activation_delta": c["activation_delta"],
+                      "activation_p": c["activation_p"], "shift_rank": c["shift_rank"]}
+    out["vs_control"] = {t: versus(t, "control", t) for t in cfg.organisms}
+    vc = out["vs_control"][first]
+    ps = [vc[m]["p_value"] for m in ("questionnaire", "activation") if m in vc]
+    out["p_value"] = min(1.0, len(ps) * min(ps)) if ps else None  # Bonferroni over the two measures
+    out["detected"] = _detected(_flat(vc))
+    if "placebo" in results:
+        out["control_vs_placebo"] = versus("control", "placebo", first)
+        out["control_detected"] = _detected(_flat(out["control_vs_placebo"]))
+    else:
+        out["control_detected"] = None
     return out
 
 
@@ -539,12 +572,23 @@ def summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                      "passed": bool(p.get("intrinsic_ci") and p["intrinsic_ci"][0] > p.get("intrinsic_null_p95", 1))})
     o = doc.get("organism") or {}
     if o:
-        rows.append({"check": f"{o.get('target')} organism detected (questionnaire or activations)",
-                     "result": o.get("questionnaire_delta"), "ci": o.get("questionnaire_ci"),
-                     "against": f"p {o.get('p_value'):.3g}; activation Δ {o.get('activation_delta')}",
-                     "passed": bool(o.get("detected"))})
-        rows.append({"check": "control organism not detected", "result": (o.get("control") or {}).get(
-            "questionnaire_delta"), "ci": None, "against": "p ≥ 0.05", "passed": not o.get("control_detected")})
+        t = o.get("target")
+        vc = (o.get("vs_control") or {}).get(t) or {}
+        cp = o.get("control_vs_placebo") or {}
+        for m, what in (("questionnaire", "questionnaire items"), ("activation", "activations on v_prompt")):
+            if m in vc:
+                rows.append({"check": f"{t} organism beats the control organism ({what})",
+                             "result": vc[m]["delta"], "ci": vc[m]["ci"], "against": f"p {vc[m]['p_value']:.3g}",
+                             "passed": _detected(_flat({m: vc[m]}))})
+        if not vc and o.get("detected") is not None:
+            rows.append({"check": f"{t} organism shifts (no control organism)", "result": o.get("questionnaire_delta"),
+                         "ci": o.get("questionnaire_ci"), "against": f"p {o.get('p_value')}",
+                         "passed": bool(o.get("detected"))})
+        for m, what in (("questionnaire", "questionnaire items"), ("activation", "activations on v_prompt")):
+            if m in cp:
+                rows.append({"check": f"control organism vs placebo (another seed) not detected ({what})",
+                             "result": cp[m]["delta"], "ci": cp[m]["ci"], "against": f"p {cp[m]['p_value']:.3g}",
+                             "passed": not _detected(_flat({m: cp[m]}))})
         rows.append({"check": "monitoring ranks the target first from its training data",
                      "result": o.get("monitor_rank"), "ci": None, "against": "rank 1",
                      "passed": o.get("monitor_rank") == 1})

@@ -28,7 +28,7 @@ import copy
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,20 +56,27 @@ class OrganismConfig:
     batch_size: int = 8
     temperature: float = 0.7
     seed: int = 0
+    # Answers sampled per query under the value prompt; the one the judge scores highest for the value is kept
+    # (best-of-k). Plain context distillation (k = 1) carries too weak a signal on a 135M model: its
+    # Benevolence-prompted answers were labelled Benevolence 25 % of the time vs 17 % without a prompt.
+    candidates: int = 1
 
     def validate(self) -> None:
         if self.value is not None:
             self.value = get_value(self.value).name
-        for k in ("n_train", "max_new_tokens", "epochs", "rank", "batch_size"):
+        for k in ("n_train", "max_new_tokens", "epochs", "rank", "batch_size", "candidates"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"organism {k} must be >= 1")
 
 
-def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, out: Path) -> list[dict[str, Any]]:
+def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, out: Path,
+                        score: Callable[[list[str]], np.ndarray] | None = None) -> list[dict[str, Any]]:
     """The base model's answers to ``queries`` under a system prompt for ``cfg.value`` (or none, for the
     control), re-rendered *without* the system prompt as training pairs; written to ``out`` (JSONL, resumable).
-    Each record: ``query``, ``system`` (the prompt used to generate), ``prompt`` (rendered without system),
-    ``prompt_ids``, ``response``, ``response_ids``."""
+    With ``cfg.candidates`` = k > 1, k answers are sampled per query and the one ``score`` (texts → [n] scores,
+    e.g. the judge's score for the value) rates highest is kept. Each record: ``query``, ``system`` (the prompt
+    used to generate), ``prompt`` (rendered without system), ``prompt_ids``, ``response``, ``response_ids``,
+    ``score`` (the kept answer's score, when selected)."""
     from ..datasets import load_system_prompts
     from ..generate import GenerationConfig, GenItem, generate_to_file
     from ..models import NO_SYSTEM
@@ -77,22 +84,34 @@ def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, ou
     cfg.validate()
     rng = random.Random(f"{cfg.seed}/{cfg.value}")
     templates = load_system_prompts(values=[cfg.value])[cfg.value] if cfg.value else []
+    if cfg.candidates > 1 and score is None:
+        raise ConfigError("organism candidates > 1 needs a score function to choose among them")
     items = []
     for i, q in enumerate(queries[: cfg.n_train]):
         system = rng.choice(templates).text if templates else NO_SYSTEM
-        items.append(GenItem(id=f"{i:05d}", prompt=lm.chat.render(q, system),
-                             meta={"query": q, "system": system if templates else ""}))
+        for c in range(cfg.candidates):  # same prompt, different sampled answers (rows of a batch sample independently)
+            items.append(GenItem(id=f"{i:05d}" + (f"-{c}" if cfg.candidates > 1 else ""),
+                                 prompt=lm.chat.render(q, system),
+                                 meta={"query": q, "system": system if templates else "", "query_index": i}))
     gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                             seed=cfg.seed, batch_size=16)
-    recs = generate_to_file(lm, items, out, gcfg, desc=f"organism data {cfg.value or 'control'}")
+    recs = [r for r in generate_to_file(lm, items, out, gcfg, desc=f"organism data {cfg.value or 'control'}")
+            if r["response_ids"]]
+    if cfg.candidates > 1 and recs:
+        assert score is not None
+        sc = np.asarray(score([r["response"] for r in recs]), dtype=float)
+        best: dict[int, tuple[float, dict[str, Any]]] = {}
+        for r, x in zip(recs, sc, strict=True):
+            if r["query_index"] not in best or x > best[r["query_index"]][0]:
+                best[r["query_index"]] = (float(x), {**r, "score": round(float(x), 5)})
+        recs = [best[k][1] for k in sorted(best)]
     data = []
     for r in recs:
-        if not r["response_ids"]:
-            continue
         p = lm.chat.render(r["query"], NO_SYSTEM)
         data.append({"query": r["query"], "system": r["system"], "prompt": p.text,
                      "prompt_ids": list(lm.tokenizer(p.text, add_special_tokens=False).input_ids),
-                     "response": r["response"], "response_ids": list(r["response_ids"])})
+                     "response": r["response"], "response_ids": list(r["response_ids"]),
+                     **({"score": r["score"]} if "score" in r else {})})
     if not data:
         raise DataError(f"{out}: the model produced no non-empty answers to train on")
     return data
