@@ -25,6 +25,14 @@ __all__ = ["RUN_PARTS", "default_detector", "ensure_detector", "run_pipeline"]
 RUN_PARTS = ("planted", "judge", "ceiling")
 
 
+def _run_calibrate_options(acfg: AnalyzeConfig, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The instrument check inside `valuelens run`: the cheap parts, the prompt ceiling on the questionnaire
+    section's own items (so steering effects divide by a ceiling measured on the same items) and one system
+    prompt per value (31 administrations of 60 items would add ~7 min to the default run on 2 cores)."""
+    return {"parts": list(RUN_PARTS), "ceiling_templates": 1, "pvq_items_per_value": acfg.pvq_items_per_value,
+            **(overrides or {})}
+
+
 def default_detector() -> Path:
     from .detect.presets import default_detector_dir
 
@@ -104,7 +112,7 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
             timings["detector"] = round(time.time() - t, 1)
         ecfg = ExtractConfig.quick(**ex)
         acfg = AnalyzeConfig.quick(**(analyze_overrides or {}))
-        ccfg = CalibrateConfig.quick(**{"parts": list(RUN_PARTS), **(calibrate_overrides or {})})
+        ccfg = CalibrateConfig.quick(**_run_calibrate_options(acfg, calibrate_overrides))
     else:
         if ex.get("judge", "auto") in ("auto", "detector") and "model" not in ex.get("judge_options", {}):
             t = time.time()
@@ -120,7 +128,7 @@ def run_pipeline(out: str | Path, *, quick: bool = False, model: str | None = No
         ex.setdefault("label_mode", "rank")
         ecfg = ExtractConfig.from_dict(ex)
         acfg = AnalyzeConfig.from_dict(analyze_overrides or {})
-        ccfg = CalibrateConfig.from_dict({"parts": list(RUN_PARTS), **(calibrate_overrides or {})})
+        ccfg = CalibrateConfig.from_dict(_run_calibrate_options(acfg, calibrate_overrides))
     # With Ray only the workers load the model (this process would hold a GPU they need).
     lm = load_model(ecfg.model) if ray_address is None else None
     if not (out / "items.jsonl").exists():

@@ -211,3 +211,37 @@ def test_findings_rederive_from_the_section_files_without_a_model(quick_run, tmp
     assert "steer-prompted" in proc.stdout and max(len(line) for line in proc.stdout.splitlines()) <= 110
     proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "report", str(run)], capture_output=True, text=True)
     assert proc.returncode == 0 and (run / "report.html").is_file()
+
+
+def test_a_value_organism_on_smollm2_trains_loads_and_is_monitored(quick_run, tmp_path, smollm2):
+    """The organism pipeline for real on SmolLM2, at a size a test can afford (its detection power is measured
+    by `valuelens calibrate --quick`, docs/calibration.md): best-of-2 value-prompted answers, a LoRA that learns
+    them, an adapter that loads by name, and `valuelens monitor` on the organism's training file."""
+    from valuelens.calibrate import CalibrateConfig, run_calibrate
+    from valuelens.models import load_model
+
+    run = tmp_path / "org"
+    shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("analyze"))
+    cfg = CalibrateConfig.quick(parts=["organism"], organism_train=12, organism_epochs=2, organism_eval_queries=4,
+                                organism_shift_responses=8, organism_candidates=2, organism_placebo=False,
+                                pvq_items_per_value=2)
+    doc = run_calibrate(run, cfg, lm=smollm2)
+    assert doc["planted"]["recovery_cos"] >= 0.9  # the run's earlier parts are kept beside the new one
+    o = doc["organism"]
+    train = o["results"]["Benevolence"]["train"]
+    assert train["n_examples"] == 12 and train["loss_last"] < train["loss_first"]
+    assert set(o["vs_control"]["Benevolence"]) >= {"questionnaire", "activation", "expression"}
+    kept = [json.loads(x) for x in (run / "calibrate/organisms/benevolence/train.jsonl").open()]
+    assert len(kept) == 12 and all("score" in k for k in kept)
+    # The adapter loads wherever a model name is accepted, and changes the model.
+    adapter = run / "calibrate/organisms/benevolence/adapter"
+    org = load_model(f"smollm2+{adapter}")
+    ids = smollm2.tokenizer("Should I call my mother today?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert not torch.allclose(org.model(ids).logits, smollm2.model(ids).logits, atol=1e-3)
+    proc = subprocess.run([sys.executable, "-m", "valuelens.cli", "monitor",
+                           str(run / "calibrate/organisms/benevolence/train.jsonl"), "--vectors", str(run), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mon = json.loads(proc.stdout)
+    assert mon["n"] == 12 and set(mon["ranking"]) == {"Benevolence", "Power", "Tradition"}

@@ -49,11 +49,16 @@ def _apply_calibration(f: Finding, judged: bool, cal: dict[str, Any]) -> None:
         f.status = "untestable"
         f.reason = (f"the judge is not better than chance on labelled chat answers (top-1 "
                     f"{judge.get('in_domain_top1')} vs chance {judge.get('chance_top1')}; calibration.json)")
-    ceiling = (cal.get("ceiling") or {}).get("mean")
+    c = cal.get("ceiling") or {}
+    ceiling, ci = c.get("mean"), c.get("mean_ci") or [None, None]
     y = f.extra.get("y_condition") if isinstance(f.extra, dict) else None
     if ceiling and y is not None and f.section in ("questionnaire", "crosslingual"):
-        f.extra = {**f.extra, "prompt_ceiling": ceiling, "fraction_of_prompt_ceiling": round(y / ceiling, 3)}
-        f.ours += f"; {100 * y / ceiling:.0f} % of the value prompt's own shift ({ceiling:+.3f})"
+        f.extra = {**f.extra, "prompt_ceiling": ceiling, "prompt_ceiling_ci": ci}
+        if ci[0] is not None and ci[0] > 0:  # a ratio to a ceiling indistinguishable from 0 means nothing
+            f.extra["fraction_of_prompt_ceiling"] = round(y / ceiling, 3)
+            f.ours += f"; {100 * y / ceiling:.0f} % of the value prompt's own shift ({ceiling:+.3f})"
+        else:
+            f.ours += f"; the value prompt itself does not move the questionnaire ({ceiling:+.3f}, CI {ci})"
 
 
 def derive_findings(run_dir: str | Path) -> list[dict[str, Any]]:
