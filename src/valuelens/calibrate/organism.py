@@ -171,9 +171,10 @@ def train_organism(lm: Any, examples: list[dict[str, Any]], cfg: OrganismConfig,
             log(f"organism {cfg.value or 'control'}: epoch {epoch + 1}/{cfg.epochs}, loss {np.mean(losses[-10:]):.3f}")
     out_dir.mkdir(parents=True, exist_ok=True)
     pm.save_pretrained(str(out_dir), safe_serialization=True)
+    k = max(1, min(5, len(losses) // 2))  # first and last steps, never overlapping
     meta = {"base_model_hash": lm.model_hash, "base_model": lm.name, "config": asdict(cfg),
             "n_examples": len(examples), "steps": len(losses), "train_seconds": round(time.time() - t0, 1),
-            "loss_first": round(float(np.mean(losses[:5])), 4), "loss_last": round(float(np.mean(losses[-5:])), 4)}
+            "loss_first": round(float(np.mean(losses[:k])), 4), "loss_last": round(float(np.mean(losses[-k:])), 4)}
     atomic_write_json(out_dir / ADAPTER_META, meta)
     return meta
 
