@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..runio import atomic_write_bytes, file_sha256
+from ..runio import atomic_path, atomic_write_bytes, file_sha256
 from ..values import VALUEEVAL_CATEGORIES
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "read_arguments",
     "read_labels",
     "resolve_data_dir",
+    "write_labels_tsv",
 ]
 
 ARGUMENT_COLUMNS: tuple[str, ...] = ("Argument ID", "Conclusion", "Stance", "Premise")
@@ -289,3 +290,10 @@ def write_tsv(path: str | os.PathLike[str], header: list[str], rows: list[list[s
     lines = ["\t".join(header), *("\t".join(r) for r in rows)]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
+
+def write_labels_tsv(output: str | os.PathLike[str], ids: list[str], labels: np.ndarray) -> None:
+    """Write ``Argument ID`` + 20 columns of 0/1 (the official run-file and labels layout), atomically."""
+    lines = ["\t".join(["Argument ID", *VALUEEVAL_CATEGORIES])]
+    lines += ["\t".join([i, *(str(int(v)) for v in row)]) for i, row in zip(ids, labels, strict=True)]
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -769,7 +769,7 @@ def train_detector(train: ValueEvalSplit, valid: ValueEvalSplit | None, config: 
         np.save(out / f"{'valid' if valid.name == 'validation' else valid.name}_probs.npy", val_probs)
         scores["inference_per_second"] = len(valid) / max(inf_seconds, 1e-9)
         if valid.labels is None:  # e.g. a test split: an official run file, nothing to score
-            from .predict import write_labels_tsv
+            from .data import write_labels_tsv
 
             write_labels_tsv(out / f"run-{valid.name}.tsv", valid.ids, apply_thresholds(val_probs, th))
     scores["train_seconds"] = train_seconds

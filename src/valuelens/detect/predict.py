@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ..runio import JsonlWriter, atomic_path, read_jsonl
+from ..runio import JsonlWriter, read_jsonl
 from ..values import VALUE_NAMES, VALUEEVAL_CATEGORIES, valueeval_to_schwartz_matrix
-from .data import Argument, read_arguments
+from .data import Argument, read_arguments, write_labels_tsv
 from .measure import apply_thresholds
 
 if TYPE_CHECKING:
@@ -48,14 +48,6 @@ def write_run_file(det: ValueDetector | EnsembleDetector, arguments_tsv: str | o
     labels = det.predict([a.text() for a in args], bf16=bf16, batch_size=batch_size, progress=True)
     write_labels_tsv(output, [a.id for a in args], labels)
     return len(args)
-
-
-def write_labels_tsv(output: str | os.PathLike[str], ids: list[str], labels: np.ndarray) -> None:
-    """Write ``Argument ID`` + 20 columns of 0/1 (the official run-file and labels layout), atomically."""
-    lines = ["\t".join(["Argument ID", *VALUEEVAL_CATEGORIES])]
-    lines += ["\t".join([i, *(str(int(v)) for v in row)]) for i, row in zip(ids, labels, strict=True)]
-    with atomic_path(output) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def read_run_file(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
