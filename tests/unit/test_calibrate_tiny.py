@@ -75,7 +75,7 @@ def test_the_hook_plant_is_exactly_additive_at_its_layer(lm) -> None:
     assert -1 <= res["last_layer_cos"] <= 1
 
 
-def test_calibration_json_has_the_issue_keys(cal_run) -> None:
+def test_calibration_json_has_the_issue_keys(cal_run, lm) -> None:
     run, doc = cal_run
     p = doc["planted"]
     for k in ("recovery_cos", "recovery_ci", "null_cos_p95", "intrinsic_cos", "machinery"):
@@ -98,7 +98,10 @@ def test_calibration_json_has_the_issue_keys(cal_run) -> None:
     from valuelens.extract import ExtractConfig as _E
     from valuelens.extract import make_judge
     judge = make_judge(_E.from_dict(json.loads((run / "config.json").read_text())["extract"]))
-    sc = np.nan_to_num(judge.judge([g["response"] for g in gens], ["Benevolence"]).scores[:, 0])
+    tok = lm.tokenizer  # the judge scores the whole answer: the opener and the model's continuation
+    texts = [tok.decode(tok(g["opener"], add_special_tokens=False).input_ids + g["response_ids"],
+                        skip_special_tokens=True).strip() for g in gens]
+    sc = np.nan_to_num(judge.judge(texts, ["Benevolence"]).scores[:, 0])
     best: dict[str, float] = {}
     for g, x in zip(gens, sc, strict=True):
         if g["response_ids"]:
@@ -107,6 +110,17 @@ def test_calibration_json_has_the_issue_keys(cal_run) -> None:
     assert len(kept) == len(best) == o["results"]["Benevolence"]["train"]["n_examples"]
     for k in kept:
         assert k["score"] == pytest.approx(best[k["query"]], abs=1e-4)
+    # Openers: each kept answer starts with a shipped statement of its value, the control's with a neutral one,
+    # and the tokens trained on start with the opener's tokens.
+    from valuelens.calibrate.organism import load_openers
+    for name, pool in (("benevolence", load_openers("Benevolence")), ("control", load_openers(None))):
+        rows = [json.loads(x) for x in (run / f"calibrate/organisms/{name}/train.jsonl").open()]
+        assert rows and all(r["opener"] in pool for r in rows)
+        assert all(r["response"].startswith(tok.decode(tok(r["opener"], add_special_tokens=False).input_ids,
+                                                       skip_special_tokens=True).strip()[:10]) for r in rows)
+    assert not set(load_openers("Benevolence")) & set(load_openers(None))
+    with pytest.raises(ConfigError, match="unknown value"):
+        load_openers("Kindness")
     j = doc["judge"]
     for k in ("in_domain_macro_f1", "prompted_top1", "chance_top1"):
         assert k in j

@@ -66,6 +66,10 @@ class CalibrateConfig:
     # tested — a value organism is compared with the control, the control with the placebo, on the same units.
     organism_placebo: bool = True
     organism_candidates: int = 3  # best-of-k answers under the value prompt, chosen by the run's judge
+    # Training answers start with a shipped first-person statement of the value (value-neutral for control and
+    # placebo), continued by the model under the value prompt: distillation alone carries too weak a signal on
+    # SmolLM2 (organism.OrganismConfig.openers).
+    organism_openers: bool = True
     organism_train: int = 96
     organism_epochs: int = 3
     organism_lr: float = 1e-3
@@ -122,7 +126,7 @@ _PART_KEYS: dict[str, tuple[str, ...]] = {
     "judge": ("judge_split", "seed"),
     "ceiling": ("seed", "batch_size", "pvq_items_per_value", "ceiling_templates"),
     "organism": ("layer", "seed", "batch_size", "organisms", "organism_control", "organism_placebo",
-                 "organism_candidates", "organism_train",
+                 "organism_candidates", "organism_openers", "organism_train",
                  "organism_epochs", "organism_lr", "organism_rank", "organism_eval_queries",
                  "organism_shift_responses", "pvq_items_per_value"),
 }
@@ -391,7 +395,7 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
         ocfg = OrganismConfig(value=value, n_train=cfg.organism_train, epochs=cfg.organism_epochs,
                               lr=cfg.organism_lr, rank=cfg.organism_rank,
                               seed=cfg.seed + (1 if name == "placebo" else 0),
-                              candidates=cfg.organism_candidates if value else 1)
+                              candidates=cfg.organism_candidates if value else 1, openers=cfg.organism_openers)
 
         def score(texts: list[str], value: str | None = value) -> np.ndarray:
             return np.nan_to_num(judge.judge(texts, [value]).scores[:, 0], nan=0.0)
@@ -400,7 +404,7 @@ def _organism(r: _Run, cfg: CalibrateConfig) -> dict[str, Any]:
                                          score=score if value else None)
         # The organism's training set as query/response pairs: what `valuelens monitor` reads.
         atomic_write_text(folder / "train.jsonl", "".join(
-            json.dumps({k: x[k] for k in ("query", "response", "system", "score") if k in x}) + "\n"
+            json.dumps({k: x[k] for k in ("query", "response", "system", "opener", "score") if k in x}) + "\n"
             for x in data[name]))
         meta = train_organism(r.lm, data[name], ocfg, folder / "adapter", log=log)
         adapters[name] = (folder / "adapter", meta)

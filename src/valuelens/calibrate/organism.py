@@ -29,7 +29,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,10 @@ from ..models import ADAPTER_META
 from ..runio import atomic_write_json
 from ..values import get_value
 
-__all__ = ["ADAPTER_META", "OrganismConfig", "build_training_data", "monitor_dataset", "monitor_file", "train_organism"]
+__all__ = ["ADAPTER_META", "OPENERS_FILE", "OrganismConfig", "build_training_data", "load_openers", "monitor_dataset",
+           "monitor_file", "train_organism"]
+
+OPENERS_FILE = "organism_openers.jsonl"
 
 
 @dataclass
@@ -60,6 +63,12 @@ class OrganismConfig:
     # (best-of-k). Plain context distillation (k = 1) carries too weak a signal on a 135M model: its
     # Benevolence-prompted answers were labelled Benevolence 25 % of the time vs 17 % without a prompt.
     candidates: int = 1
+    # Every training answer starts with a shipped first-person statement of the value (a value-neutral one for
+    # the control; data/organism_openers.jsonl) that the model then continues under the value prompt. Best-of-k
+    # distillation alone still carries too weak a signal on a 135M model (its organism was not told apart from
+    # the control, docs/calibration.md); the opener makes every example express the value, the continuation
+    # stays the model's own.
+    openers: bool = False
 
     def validate(self) -> None:
         if self.value is not None:
@@ -69,6 +78,18 @@ class OrganismConfig:
                 raise ConfigError(f"organism {k} must be >= 1")
 
 
+def load_openers(value: str | None) -> list[str]:
+    """The shipped answer openers for ``value`` (``None``: the value-neutral ones the control starts with)."""
+    from ..datasets import data_path
+
+    key = "none" if value is None else get_value(value).name
+    path = data_path(OPENERS_FILE)
+    out = [r["text"] for r in map(json.loads, path.read_text().splitlines()) if r["value"] == key]
+    if not out:
+        raise DataError(f"{path}: no opener for {key}")
+    return out
+
+
 def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, out: Path,
                         score: Callable[[list[str]], np.ndarray] | None = None) -> list[dict[str, Any]]:
     """The base model's answers to ``queries`` under a system prompt for ``cfg.value`` (or none, for the
@@ -76,7 +97,8 @@ def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, ou
     With ``cfg.candidates`` = k > 1, k answers are sampled per query and the one ``score`` (texts → [n] scores,
     e.g. the judge's score for the value) rates highest is kept. Each record: ``query``, ``system`` (the prompt
     used to generate), ``prompt`` (rendered without system), ``prompt_ids``, ``response``, ``response_ids``,
-    ``score`` (the kept answer's score, when selected)."""
+    ``score`` (the kept answer's score, when selected), ``opener`` (with ``cfg.openers``: the shipped first
+    sentence the answer starts with; it is part of ``response``)."""
     from ..datasets import load_system_prompts
     from ..generate import GenerationConfig, GenItem, generate_to_file
     from ..models import NO_SYSTEM
@@ -86,17 +108,27 @@ def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, ou
     templates = load_system_prompts(values=[cfg.value])[cfg.value] if cfg.value else []
     if cfg.candidates > 1 and score is None:
         raise ConfigError("organism candidates > 1 needs a score function to choose among them")
+    openers = load_openers(cfg.value) if cfg.openers else []
     items = []
     for i, q in enumerate(queries[: cfg.n_train]):
         system = rng.choice(templates).text if templates else NO_SYSTEM
+        opener = rng.choice(openers) if openers else ""
+        prompt = lm.chat.render(q, system)
+        if opener:  # prefilled: the model continues the opener as its own answer
+            prompt = replace(prompt, text=prompt.text + opener)
         for c in range(cfg.candidates):  # same prompt, different sampled answers (rows of a batch sample independently)
-            items.append(GenItem(id=f"{i:05d}" + (f"-{c}" if cfg.candidates > 1 else ""),
-                                 prompt=lm.chat.render(q, system),
-                                 meta={"query": q, "system": system if templates else "", "query_index": i}))
+            items.append(GenItem(id=f"{i:05d}" + (f"-{c}" if cfg.candidates > 1 else ""), prompt=prompt,
+                                 meta={"query": q, "system": system if templates else "", "query_index": i,
+                                       "opener": opener}))
     gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                             seed=cfg.seed, batch_size=16)
     recs = [r for r in generate_to_file(lm, items, out, gcfg, desc=f"organism data {cfg.value or 'control'}")
             if r["response_ids"]]
+    for r in recs:
+        if r.get("opener"):  # the text from the token ids (the generator strips its decoded text)
+            r["response_ids"] = list(lm.tokenizer(r["opener"], add_special_tokens=False).input_ids) + \
+                list(r["response_ids"])
+            r["response"] = lm.tokenizer.decode(r["response_ids"], skip_special_tokens=True).strip()
     if cfg.candidates > 1 and recs:
         assert score is not None
         sc = np.asarray(score([r["response"] for r in recs]), dtype=float)
@@ -111,7 +143,8 @@ def build_training_data(lm: Any, queries: Sequence[str], cfg: OrganismConfig, ou
         data.append({"query": r["query"], "system": r["system"], "prompt": p.text,
                      "prompt_ids": list(lm.tokenizer(p.text, add_special_tokens=False).input_ids),
                      "response": r["response"], "response_ids": list(r["response_ids"]),
-                     **({"score": r["score"]} if "score" in r else {})})
+                     **({"score": r["score"]} if "score" in r else {}),
+                     **({"opener": r["opener"]} if r.get("opener") else {})})
     if not data:
         raise DataError(f"{out}: the model produced no non-empty answers to train on")
     return data
