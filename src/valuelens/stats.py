@@ -43,6 +43,7 @@ __all__ = [
     "mean_ci",
     "paired_effect",
     "permutation_test",
+    "shifted_percentile_ci",
     "sign_flip_test",
     "z_quantile",
 ]
@@ -96,6 +97,28 @@ def mde(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
     if not math.isfinite(se) or se < 0:
         return float("nan")
     return (z_quantile(1 - alpha / 2) + z_quantile(power)) * se
+
+
+def shifted_percentile_ci(boot: Sequence[float] | np.ndarray, point: float, *, level: float = 0.95
+                          ) -> tuple[float, float, float]:
+    """Percentile interval of bootstrap replicates ``boot`` moved by the bootstrap bias ``mean(boot) − point``:
+    ``(low, high, bias)``.
+
+    Why: statistics such as the cosine between two noisy mean differences fall when units are resampled with
+    replacement, so their replicates sit below the point estimate and a plain percentile interval can exclude it
+    (measured on SmolLM2: cos(v_int, v_prompt) of Tradition 0.772, percentile interval [0.32, 0.74]). The shifted
+    interval keeps the replicates' spread and is centred on the estimate.
+
+    >>> shifted_percentile_ci(np.array([0.1, 0.2, 0.3]), 0.5, level=0.5)
+    (0.45, 0.55, -0.3)
+    """
+    b = np.asarray(boot, dtype=float)
+    b = b[np.isfinite(b)]
+    if not len(b) or not math.isfinite(point):
+        return float("nan"), float("nan"), float("nan")
+    bias = float(b.mean()) - float(point)
+    lo, hi = np.quantile(b, [(1 - level) / 2, (1 + level) / 2])
+    return round(float(lo) - bias, 12), round(float(hi) - bias, 12), round(bias, 12)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from valuelens.analysis import AnalyzeConfig, derive_findings, registry, run_analyze, unregister_section
@@ -78,6 +79,9 @@ def test_report_renders_findings_and_sections_from_files(tiny_run: Path) -> None
     index = json.loads((tiny_run / "analyze" / "index.json").read_text())
     assert [s["name"] for s in index["sections"]][:3] == ["capability", "vectors", "neurons"]
     assert "Value vectors: intrinsic vs prompted" in html
+    # Every per-value cosine lies inside its interval (the resampling bias is corrected).
+    tab = pd.read_csv(tiny_run / "analyze" / "vectors" / "tables" / "cos_int_prompt.csv").dropna()
+    assert len(tab) and ((tab["ci_low"] <= tab["cos"] + 1e-9) & (tab["cos"] <= tab["ci_high"] + 1e-9)).all()
 
 
 def _docs_example() -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..stats import Finding, mde
+from ..stats import Finding, mde, shifted_percentile_ci
 from .base import Context, Section, SectionFiles, register_section
 from .common import fmt_effect, write_csv
 from .resample import Key, distribution, load_layer_data
@@ -117,7 +117,7 @@ class CircumplexSection(Section):
                     effect=sh["r2"] - sh["perm_mean"], p_value=sh["p_value"], n=len(s.get("values", [])) or 10,
                     **kw)
         if len(b) >= 10:
-            f.ci_low, f.ci_high = (float(x) for x in np.quantile(b, [0.025, 0.975]))
+            f.ci_low, f.ci_high, _ = shifted_percentile_ci(b, f.effect)
             f.mde = mde(float(b.std(ddof=1)))
         f.decided()
         f.ours = (f"R² {sh['r2']:.2f} vs permutation mean {sh['perm_mean']:.2f}: " + fmt_effect(f, "values")
@@ -131,7 +131,7 @@ class CircumplexSection(Section):
                     control="the same values' difference axes", effect=sh["r2"] - df_.get("r2", np.nan),
                     n=len(s.get("values", [])) or 10, **kw)
         if len(d) >= 10:
-            g.ci_low, g.ci_high = (float(x) for x in np.quantile(d, [0.025, 0.975]))
+            g.ci_low, g.ci_high, _ = shifted_percentile_ci(d, g.effect)
             g.p_value = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)) + 1 / (len(d) + 1)))
             g.mde = mde(float(d.std(ddof=1)))
         g.decided()

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..errors import ConfigError
-from ..stats import Finding, mde
+from ..stats import Finding, mde, shifted_percentile_ci
 from .base import Context, Section, SectionFiles, register_section
 from .common import fmt_effect, write_csv
 from .resample import Key, distribution, load_layer_data
@@ -55,7 +55,8 @@ def vector_stats(vecs: dict[Key, np.ndarray], values: list[str]) -> dict[str, fl
 
 
 def resample_finding(res: pd.DataFrame, point: float, stat: str, **kw: Any) -> Finding:
-    """A finding from a resample table (rows of kind bootstrap / null): percentile CI from the bootstrap rows,
+    """A finding from a resample table (rows of kind bootstrap / null): bias-shifted percentile CI from the
+    bootstrap rows (:func:`~valuelens.stats.shifted_percentile_ci`),
     one-sided p from the null rows (how often label noise reaches the observed value), MDE from the bootstrap
     SE."""
     boot = res.loc[res["kind"] == "bootstrap", stat].to_numpy(dtype=float)
@@ -63,7 +64,7 @@ def resample_finding(res: pd.DataFrame, point: float, stat: str, **kw: Any) -> F
     boot, null = boot[np.isfinite(boot)], null[np.isfinite(null)]
     if not np.isfinite(point) or len(boot) < 10 or len(null) < 10:
         return Finding.untestable("too few usable resamples (groups emptied)", **kw)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
+    lo, hi, _ = shifted_percentile_ci(boot, point)
     se = float(boot.std(ddof=1))
     p = (1 + int(np.sum(null >= point))) / (1 + len(null))
     f = Finding(effect=float(point), ci_low=float(lo), ci_high=float(hi), p_value=p, mde=mde(se), **kw)
@@ -107,17 +108,15 @@ class VectorsSection(Section):
         per = []
         for v in ctx.values:
             col = f"cos/{v}"
-            b = boot[col].dropna()
-            per.append({"value": v, "cos": point[col],
-                        "ci_low": float(b.quantile(0.025)) if len(b) else np.nan,
-                        "ci_high": float(b.quantile(0.975)) if len(b) else np.nan,
+            lo, hi, bias = shifted_percentile_ci(boot[col].dropna().to_numpy(), point[col])
+            per.append({"value": v, "cos": point[col], "ci_low": lo, "ci_high": hi, "bootstrap_bias": bias,
                         "null_p95": float(null[col].dropna().quantile(0.95)) if null[col].notna().any() else np.nan})
         tab = pd.DataFrame(per)
         write_csv(sec / "tables" / "cos_int_prompt.csv", tab)
         fig, ax = plt().subplots(figsize=(7, 3.6))
         x = np.arange(len(tab))
         ax.bar(x, tab["cos"], color="#4c78a8", label="cos(v_int, v_prompt)")
-        ax.errorbar(x, tab["cos"], yerr=[tab["cos"] - tab["ci_low"], tab["ci_high"] - tab["cos"]], fmt="none",
+        ax.errorbar(x, tab["cos"], yerr=np.clip([tab["cos"] - tab["ci_low"], tab["ci_high"] - tab["cos"]], 0, None), fmt="none",
                     ecolor="black", capsize=3, label="95 % bootstrap CI")
         ax.scatter(x, tab["null_p95"], color="red", marker="_", s=200, label="label-permutation null, 95th pct")
         ax.set_xticks(x, tab["value"], rotation=30, ha="right")

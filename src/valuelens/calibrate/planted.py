@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..stats import mde
+from ..stats import mde, shifted_percentile_ci
 
 __all__ = ["PlantData", "machinery_check", "planted_recovery", "random_unit"]
 
@@ -133,9 +133,8 @@ def planted_recovery(data: PlantData, *, path: str = "prompted", strength: float
     # A resample repeats responses, which adds noise to every group mean and so lowers the cosine: the bootstrap
     # distribution sits below the point estimate. The interval is its percentile interval moved by that bias,
     # i.e. the spread of the statistic around the point estimate at this many responses.
-    shift = float(b.mean()) - point if len(b) else 0.0
-    return {"cos": point, "ci": ([float(np.quantile(b, 0.025)) - shift, float(np.quantile(b, 0.975)) - shift]
-                                 if len(b) >= 10 else [float("nan"), float("nan")]), "bootstrap_bias": shift,
+    lo, hi, shift = shifted_percentile_ci(b, point)
+    return {"cos": point, "ci": [lo, hi] if len(b) >= 10 else [float("nan"), float("nan")], "bootstrap_bias": shift,
             "se": se, "mde": mde(se), "null_p95": float(np.quantile(nl, 0.95)) if len(nl) else float("nan"),
             "null_mean": float(nl.mean()) if len(nl) else float("nan"), "n": int(base_w.sum()),
             "strength": strength, "fraction": fraction}
