@@ -127,6 +127,7 @@ class VLLMGenerator:
         return SamplingParams(n=1, max_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature if cfg.do_sample else 0.0,
                               top_p=cfg.top_p if cfg.do_sample else 1.0,
+                              top_k=(getattr(cfg, "top_k", 0) or -1) if cfg.do_sample else -1,  # vLLM: -1 = all
                               repetition_penalty=cfg.repetition_penalty, seed=seed,
                               stop_token_ids=list(stop_ids), skip_special_tokens=True)
 

@@ -93,14 +93,14 @@ class ExtractConfig:
     do_sample: bool = True
     temperature: float = 0.7
     top_p: float = 0.9
-    batch_size: int = 16
+    batch_size: int = 48  # generation batch (valuelens.generate.decode; 48 was fastest on 2 CPU cores)
     # Generation under bf16 autocast: "auto" = only where the hardware computes bf16 natively (~2× faster there,
     # 40-60× slower where it is emulated; valuelens.precision). Capture stays float32 unless capture_bf16.
     gen_bf16: bool | str = "auto"
     capture_bf16: bool = False
     # Batch prompts of similar token length together (less padding; changes batch composition, so responses
     # differ from a run without it — same seed, same plan, same responses however the work is sharded).
-    gen_sort_by_length: bool = False
+    gen_sort_by_length: bool = True  # batches of similar prompt length: less padded prefill
     # "hf", "vllm" or "auto": vLLM for these unsteered generations on a CUDA GPU (valuelens.backends_vllm);
     # without vLLM or a GPU the run generates on HF and logs why.
     gen_backend: str = "hf"
@@ -125,7 +125,7 @@ class ExtractConfig:
     def quick(cls, **overrides: Any) -> ExtractConfig:
         """A few-minute config for tests and smoke runs: 3 values, few queries, short answers."""
         base = dict(values=["Benevolence", "Power", "Tradition"], n_intrinsic=24, n_prompted_per_value=8,
-                    max_new_tokens=32, batch_size=8, chunk_size=16, min_count=2, label_mode="rank")
+                    max_new_tokens=32, batch_size=16, chunk_size=16, min_count=2, label_mode="rank")
         base.update(overrides)
         return cls.from_dict(base)
 

@@ -38,8 +38,8 @@ from .models import LoadedModel, RenderedPrompt, autocast
 from .progress import bar as tqdm
 from .runio import JsonlWriter, atomic_write_text, read_jsonl
 
-__all__ = ["GenItem", "GenerationConfig", "capture_responses", "generate_batch", "generate_to_file",
-           "is_oom", "plan_batches"]
+__all__ = ["GenItem", "GenerationConfig", "capture_responses", "decode", "generate_batch", "generate_to_file",
+           "is_oom", "plan_batches", "sample_next"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class GenerationConfig:
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9
+    top_k: int = 50  # 0: no top-k cut; 50 is transformers' default, which runs before valuelens' own loop used
     repetition_penalty: float = 1.0
     seed: int = 0
     batch_size: int = 8
@@ -66,6 +67,8 @@ class GenerationConfig:
             raise ConfigError("batch_size must be >= 1")
         if self.do_sample and not self.temperature > 0:
             raise ConfigError("temperature must be > 0 when sampling")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("top_k must be >= 0 and top_p in (0, 1]")
         if self.backend not in ("hf", "vllm", "auto"):
             raise ConfigError(f"generation backend must be hf, vllm or auto, got {self.backend!r}")
 
@@ -103,6 +106,88 @@ def _stop_ids(lm: LoadedModel) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def sample_next(logits: Tensor, *, do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                gen: torch.Generator | None = None) -> Tensor:
+    """The next token per row from ``logits`` ``[B, V]``: the argmax, or (``do_sample``) a draw in transformers'
+    order — temperature, then the ``top_k`` most likely tokens (0: all), then the top-p nucleus of those,
+    renormalised — by inverse CDF with one uniform per row drawn on the CPU from ``gen`` (so a seed gives the
+    same tokens on every device and a row alone in a batch the same tokens as in the server's loop).
+
+    Why not ``model.generate``'s sampler: it sorts the whole vocabulary per row and step and draws an
+    exponential per vocabulary entry; on 2 CPU cores that cost as much as the model's forward pass. Here the
+    candidates are the 256 most likely tokens, and a row whose nucleus is wider than that (a flat distribution,
+    ``top_k`` 0 or > 256) is sorted in full: the same distribution, exactly.
+
+    >>> sample_next(torch.tensor([[0.0, 3.0, 1.0]]), do_sample=False).tolist()
+    [1]
+    """
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    vocab = probs.shape[-1]
+    kk = min(top_k, vocab) if top_k > 0 else vocab
+    if kk <= 256:  # the top-k set itself, renormalised (transformers masks the rest before top-p)
+        top, idx = probs.topk(kk, dim=-1)
+        return _nucleus_pick(top / top.sum(-1, keepdim=True), idx, top_p, gen)
+    top, idx = probs.topk(256, dim=-1)  # sorted, most likely first
+    mass = torch.ones_like(top[:, 0]) if kk == vocab else probs.topk(kk, dim=-1).values.sum(-1)
+    fits = top.sum(-1) >= top_p * mass  # the nucleus lies inside the 256 most likely tokens
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    if bool(fits.any()):
+        out[fits] = _nucleus_pick(top[fits] / mass[fits, None], idx[fits], top_p, gen)
+    if bool((~fits).any()):
+        full, fidx = probs[~fits].sort(dim=-1, descending=True)
+        full, fidx = full[:, :kk], fidx[:, :kk]
+        out[~fits] = _nucleus_pick(full / full.sum(-1, keepdim=True), fidx, top_p, gen)
+    return out
+
+
+def _nucleus_pick(top: Tensor, idx: Tensor, top_p: float, gen: torch.Generator | None) -> Tensor:
+    # Keep a token while the mass before it is below top_p (the smallest set reaching top_p; at least one).
+    keep = (top.cumsum(-1) - top) < top_p
+    p = top * keep
+    c = p.cumsum(-1)
+    u = torch.rand(top.shape[0], 1, generator=gen).to(top.device) * c[:, -1:]
+    j = (c <= u).sum(-1).clamp(max=top.shape[-1] - 1)
+    return idx.gather(-1, j[:, None])[:, 0]
+
+
+def decode(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig,
+           stop: Sequence[int], *, seed: int, pad: int | None) -> Tensor:
+    """Batched KV-cached decoding of left-padded prompts ``[B, T]``: the generated ids ``[B, ≤ max_new_tokens]``
+    (on the CPU; rows that stopped are padded with ``pad`` after their stop token). Runs under whatever hooks
+    are active (the interventions see a prefill, then one-token decoding steps). The loop ends when every row
+    has stopped."""
+    gen = torch.Generator().manual_seed(int(seed)) if cfg.do_sample else None
+    am = attention_mask
+    pos = (am.long().cumsum(-1) - 1).clamp(min=0)
+    stops = torch.tensor(sorted(set(stop)), device=input_ids.device)
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    fill = int(pad if pad is not None else stop[0])
+    keep: dict[str, Any] = {"logits_to_keep": 1}  # no logits for the prompt's other positions
+    try:
+        out = model(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True, **keep)
+    except TypeError:  # a model class without logits_to_keep
+        keep = {}
+        out = model(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True)
+    cache = out.past_key_values
+    steps: list[Tensor] = []
+    for i in range(cfg.max_new_tokens):
+        nxt = sample_next(out.logits[:, -1], do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k, gen=gen)
+        nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
+        steps.append(nxt)
+        done = done | torch.isin(nxt, stops)
+        if bool(done.all()) or i == cfg.max_new_tokens - 1:
+            break
+        am = torch.cat([am, torch.ones_like(am[:, :1])], dim=-1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=nxt[:, None], attention_mask=am, position_ids=pos, past_key_values=cache,
+                    use_cache=True, **keep)
+        cache = out.past_key_values
+    return torch.stack(steps, dim=1).cpu()
+
+
 def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig, *,
                    interventions: Sequence[Intervention] = (), seed: int | None = None) -> list[dict[str, Any]]:
     """Generate for one batch of rendered prompt texts; returns per-item text, token ids and finish reason."""
@@ -115,7 +200,7 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
                                   eos_token_id=stop, pad_token_id=tok.pad_token_id,
                                   repetition_penalty=cfg.repetition_penalty)
     if cfg.do_sample:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     # Fork every CUDA device's generator (a model spread over GPUs samples on the last one); none on a CPU.
@@ -123,8 +208,12 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
     with torch.random.fork_rng(devices=devices), torch.no_grad(), \
             autocast(dev, cfg.bf16), apply_interventions(lm.model, interventions, spec=lm.spec):
         torch.manual_seed(cfg.seed if seed is None else seed)
-        out = lm.model.generate(**inputs, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:].cpu()
+        if cfg.repetition_penalty == 1.0:
+            new = decode(lm.model, inputs["input_ids"], inputs["attention_mask"], cfg, stop,
+                         seed=cfg.seed if seed is None else seed, pad=tok.pad_token_id)
+        else:  # transformers' own loop applies the penalty
+            out = lm.model.generate(**inputs, **kwargs)
+            new = out[:, enc["input_ids"].shape[1]:].cpu()
     results = []
     for row, p_ids, p_mask in zip(new.tolist(), enc["input_ids"], enc["attention_mask"], strict=True):
         ids: list[int] = []

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -121,15 +122,38 @@ def test_capability_guard_sweeps_alpha_with_continuous_costs(tiny_run: Path, lm,
     curves = pd.read_csv(run / "analyze" / "capability" / "tables" / "guard.csv")
     first = s["guard_values"][0]  # the first value with both vectors, in circumplex order
     assert set(curves["direction"]) == {f"{first}/prompted", f"{first}/intrinsic", "random"}
-    assert sorted(curves["alpha"].unique()) == [0.01, 0.1, 1.0, 4.0]
+    # The sweep stops once the choice is made: a prefix of the grid, written in the summary.
+    evaluated = sorted(curves["alpha"].unique())
+    assert evaluated == s["alphas_evaluated"] == [0.01, 0.1, 1.0, 4.0][: len(evaluated)] and len(evaluated) >= 2
     for col in ("mc_loss", "ppl_increase"):
         assert (curves[f"{col}_ci_low"] <= curves[col] + 1e-12).all() and (curves[col] <= curves[f"{col}_ci_high"]
                                                                             + 1e-12).all()
     # The effect on capability grows with α (a random model may even get better: the size, not the sign).
     for _d, g in curves.groupby("direction"):
         g = g.set_index("alpha")
-        assert abs(g.loc[4.0, "ppl_increase"]) > abs(g.loc[0.01, "ppl_increase"])
+        assert abs(g.loc[evaluated[-1], "ppl_increase"]) > abs(g.loc[0.01, "ppl_increase"])
         assert abs(g.loc[0.01, "ppl_increase"]) < 0.01  # a 1 % push barely changes anything
-    assert s["alpha"] in (0.01, 0.1, 1.0, 4.0) and s["alpha"] < 4.0
+    # The chosen α follows the rule on the written curves: every guarded direction within both limits at it and
+    # at every smaller α, and (unless it is the largest) some guarded direction outside them at the next one.
+    guarded = curves[curves["direction"] != "random"]
+    ok = guarded.groupby("alpha").apply(lambda g: bool((g["mc_loss"] <= s["max_loss"] + 1e-12).all() and (
+        g["ppl_increase"] <= s["max_ppl_increase"] + 1e-12).all()))
+    grid = sorted(ok.index)
+    if s["guard_exceeded"]:  # none passes: the smallest α, flagged
+        assert s["alpha"] == grid[0] and not ok[grid[0]]
+    else:
+        assert s["alpha"] in grid and all(ok[a] for a in grid if a <= s["alpha"])
+        nxt = [a for a in grid if a > s["alpha"]]
+        assert not nxt or not ok[nxt[0]]
     assert findings["capability-guard"]["status"] in STATUSES and findings["capability-guard"]["n"] == 12
     assert (run / "analyze" / "capability" / "figures" / "guard.png").stat().st_size > 1000
+    # The full sweep draws the whole curve and makes the same choice; the shared α have the same costs.
+    full = tmp_path / "guard-full"
+    shutil.copytree(tiny_run, full)
+    run_analyze(full, AnalyzeConfig.from_dict({**cfg.to_dict(), "guard_full_sweep": True}), lm=lm, log=None)
+    sf = json.loads((full / "analyze" / "capability" / "summary.json").read_text())
+    cf = pd.read_csv(full / "analyze" / "capability" / "tables" / "guard.csv")
+    assert sf["alphas_evaluated"] == [0.01, 0.1, 1.0, 4.0] and sf["alpha"] == s["alpha"]
+    shared = cf[cf["alpha"].isin(evaluated)].set_index(["direction", "alpha"])["mc_loss"]
+    assert np.allclose(shared.sort_index(), curves.set_index(["direction", "alpha"])["mc_loss"].sort_index(),
+                       atol=1e-6)

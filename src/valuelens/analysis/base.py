@@ -67,7 +67,8 @@ class CommonConfig:
 
     layer: int | None = None  # analysis layer; default: the layer chosen by extract
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 8  # forward passes that score items and options
+    gen_batch_size: int = 48  # free-form generation (steering, compliance)
     gen_bf16: bool | str = "auto"  # bf16 autocast for free-form generation where native (valuelens.precision)
 
 

@@ -63,6 +63,12 @@ def guard_curves(items: pd.DataFrame, windows: pd.DataFrame | None) -> pd.DataFr
     return out
 
 
+def _stages(grid: list[float]) -> list[list[float]]:
+    """The sweep's stages: the lower half of the grid, then two α at a time."""
+    half = max(1, (len(grid) + 1) // 2)
+    return [grid[:half]] + [grid[i:i + 2] for i in range(half, len(grid), 2)]
+
+
 def choose_guarded_alpha(curves: pd.DataFrame, directions: list[str], max_loss: float,
                          max_ppl: float | None) -> tuple[float, bool]:
     """Largest α such that it and every smaller grid α keep each guarded direction within both limits;
@@ -94,7 +100,7 @@ class CapabilitySection(Section):
     reads = ("vectors.safetensors", "data/capability_mc.jsonl", "data/heldout.txt")
     writes = ("tables/residual_norms.csv", "tables/mc_items.csv", "tables/ppl_windows.csv", "tables/guard.csv",
               "figures/guard.png", "summary.json")
-    version = 3
+    version = 4
 
     @dataclass
     class Config:
@@ -105,6 +111,7 @@ class CapabilitySection(Section):
         ppl_tokens: int = 2048  # held-out tokens scored (16 windows of 128)
         guard_values: int = 3  # values whose v_int and v_prompt the guard checks (0 = all)
         alpha: float | None = None  # fix α instead of running the guard
+        guard_full_sweep: bool = False  # evaluate every grid α (default: stop once the choice is made)
 
         def validate(self) -> None:
             if not self.alphas and self.alpha is None:
@@ -139,35 +146,48 @@ class CapabilitySection(Section):
         probes = ctx.values if o.guard_values == 0 else ctx.values[: o.guard_values]
         dirs = {f"{v}/{k}": ctx.vec(v, k) for v in probes for k in ("prompted", "intrinsic")}
         dirs["random"] = random_direction_like(ctx.vec(probes[0], "prompted"), seed=ctx.cfg.seed + 4242)
-        conds: dict[str, Any] = {"baseline": []}
-        for d, v in dirs.items():
-            for a in o.alphas:
-                conds[f"{d}@{a:g}"] = ctx.steer(v, a)
         mc = load_capability_mc()[: o.mc_items]
-        res = mc_answers_many(ctx.lm, mc, conds, batch_size=ctx.cfg.batch_size)
-        item_rows, win_rows = [], []
-        for name, recs in res.items():
-            d, _, a = name.partition("@")
-            for r in recs:
-                item_rows.append({"direction": d, "alpha": float(a or 0), "item": r["id"],
-                                  "p_correct": r["p_correct"], "correct": int(r["correct"])})
-        for name, arr in nll_windows(ctx.lm, conds, max_tokens=o.ppl_tokens, batch_size=ctx.cfg.batch_size).items():
-            d, _, a = name.partition("@")
-            for w, (nll, n) in enumerate(arr):
-                win_rows.append({"direction": d, "alpha": float(a or 0), "window": w, "nll": nll, "tokens": n})
+        guarded = [d for d in dirs if d != "random"]
+        item_rows: list[dict[str, Any]] = []
+        win_rows: list[dict[str, Any]] = []
+        grid = sorted(o.alphas)
+        done: list[float] = []
+        # The sweep runs in stages of increasing α (half the grid, then pairs) and stops after the stage holding
+        # the first α that fails: no larger α can be chosen (the rule needs every smaller α to pass), so the
+        # rest of the curve would cost time and change nothing. `guard_full_sweep` draws the whole curve.
+        stages = [grid] if o.guard_full_sweep else _stages(grid)
+        for k, stage in enumerate(stages):
+            conds: dict[str, Any] = {"baseline": []} if k == 0 else {}
+            for d, v in dirs.items():
+                for a in stage:
+                    conds[f"{d}@{a:g}"] = ctx.steer(v, a)
+            for name, recs in mc_answers_many(ctx.lm, mc, conds, batch_size=ctx.cfg.batch_size).items():
+                d, _, a = name.partition("@")
+                for r in recs:
+                    item_rows.append({"direction": d, "alpha": float(a or 0), "item": r["id"],
+                                      "p_correct": r["p_correct"], "correct": int(r["correct"])})
+            for name, arr in nll_windows(ctx.lm, conds, max_tokens=o.ppl_tokens,
+                                         batch_size=ctx.cfg.batch_size).items():
+                d, _, a = name.partition("@")
+                for w, (nll, n) in enumerate(arr):
+                    win_rows.append({"direction": d, "alpha": float(a or 0), "window": w, "nll": nll, "tokens": n})
+            done += stage
+            curves = guard_curves(pd.DataFrame(item_rows), pd.DataFrame(win_rows))
+            alpha, _ = choose_guarded_alpha(curves, guarded, o.max_capability_loss, o.max_ppl_increase)
+            if alpha < max(stage):  # some α up to here failed: the choice is made
+                break
         items, windows = pd.DataFrame(item_rows), pd.DataFrame(win_rows)
         write_csv(sec / "tables" / "mc_items.csv", items)
         write_csv(sec / "tables" / "ppl_windows.csv", windows)
         curves = guard_curves(items, windows)
         write_csv(sec / "tables" / "guard.csv", curves)
-        guarded = [d for d in dirs if d != "random"]
         alpha, exceeded = choose_guarded_alpha(curves, guarded, o.max_capability_loss, o.max_ppl_increase)
         ctx.alpha = alpha
         _guard_figure(curves, alpha, o, ctx.layer, sec / "figures" / "guard.png")
         base_acc = float(items[items["direction"] == "baseline"]["p_correct"].mean())
         return {"alpha": alpha, "layer": ctx.layer, "guard_values": list(probes), "directions": guarded,
                 "max_loss": o.max_capability_loss, "max_ppl_increase": o.max_ppl_increase, "mc_items": len(mc),
-                "alpha_grid": o.alphas, "guard_exceeded": exceeded, "baseline_expected_accuracy": round(base_acc, 4),
+                "alpha_grid": o.alphas, "alphas_evaluated": done, "guard_exceeded": exceeded, "baseline_expected_accuracy": round(base_acc, 4),
                 "note": ("no grid α kept the capability cost within the limits; evaluations use the smallest α and "
                          "are flagged" if exceeded else
                          "largest grid α within both limits for every guarded direction (and all smaller α)")}

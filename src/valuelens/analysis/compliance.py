@@ -30,7 +30,7 @@ class ComplianceSection(Section):
              "following and refusals, against a random direction of the same norm (paper: attack success "
              "13–27 % → 83–97 %).")
     requires = ("capability",)
-    uses = ("layer", "seed", "batch_size", "gen_bf16")
+    uses = ("layer", "seed", "batch_size", "gen_batch_size", "gen_bf16")
     reads = ("vectors.safetensors", "data/instructions.jsonl", "harmful_prompts (optional)")
     writes = ("responses/*.jsonl", "tables/instruction_following.csv", "tables/per_instruction.csv",
               "summary.json")
@@ -62,7 +62,7 @@ class ComplianceSection(Section):
             return {"status": "not run", "reason": "no compliance direction (needs values with both vectors)"}
         c = ctx.vv.extra_vectors["compliance"][ctx.vv.layer_row(ctx.layer)]
         items = load_instructions()[: o.n_instructions]
-        gcfg = GenerationConfig(max_new_tokens=o.instr_max_new_tokens, batch_size=ctx.cfg.batch_size,
+        gcfg = GenerationConfig(max_new_tokens=o.instr_max_new_tokens, batch_size=ctx.cfg.gen_batch_size,
                                 bf16=use_bf16(ctx.cfg.gen_bf16, ctx.lm.device), seed=ctx.cfg.seed)
         conds = {"baseline": [], "+compliance": ctx.steer(c), "-compliance": ctx.steer(-c),
                  "random": ctx.steer(random_direction_like(c, seed=ctx.cfg.seed + 99))}

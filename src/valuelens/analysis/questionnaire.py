@@ -64,15 +64,23 @@ def administer_conditions(ctx: Context, lang: str, per_value: int, conditions: S
     wanted = set(CONDITIONS if conditions is None else conditions)
     rows: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
+    # Every target value's conditions in one call: per batch of items the unsteered pass is traced once and
+    # each single-layer steer replays only the layers above it (one call per value traced it ten times).
+    per_value: dict[str, dict[str, Any]] = {}
     for v in ctx.values:
         conds = direction_conditions(ctx, v, ablations=bool(wanted & set(ABLATION_CONDITIONS)))
         if wanted & set(NEURON_CONDITIONS):
             conds.update(neuron_conditions(ctx, v))
-        conds = {k: x for k, x in conds.items() if k in wanted}
-        eff = steering_effect(ctx.lm, items, conds, lang=lang, targets=dict.fromkeys(conds, v),
-                              batch_size=ctx.cfg.batch_size, baseline_results=base)
-        rows += item_rows(eff.results, v, lang=lang)
-        targets += [{"lang": lang, "target": v, **r} for r in eff.target_rows()]
+        per_value[v] = {k: x for k, x in conds.items() if k in wanted}
+    sep = "\x1f"
+    eff = steering_effect(ctx.lm, items, {f"{v}{sep}{c}": x for v, cs in per_value.items() for c, x in cs.items()},
+                          lang=lang, targets={f"{v}{sep}{c}": v for v, cs in per_value.items() for c in cs},
+                          batch_size=ctx.cfg.batch_size, baseline_results=base)
+    for v, cs in per_value.items():
+        res = {"baseline": eff.results["baseline"], **{c: eff.results[f"{v}{sep}{c}"] for c in cs}}
+        rows += item_rows(res, v, lang=lang)
+        targets += [{"lang": lang, "target": v, **r, "condition": r["condition"].split(sep, 1)[1]}
+                    for r in eff.target_rows() if r["condition"].split(sep, 1)[0] == v]
     df = pd.DataFrame(rows)
     write_csv(sec / "tables" / f"items_{lang}.csv", df)
     tdf = pd.DataFrame(targets)

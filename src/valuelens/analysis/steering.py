@@ -40,7 +40,7 @@ class SteeringSection(Section):
              "combined, with α relative to the residual norm, on held-out queries; the judge's expression rate of "
              "the target value against a random direction of the same norm.")
     requires = ("capability",)
-    uses = ("layer", "seed", "batch_size", "gen_bf16")
+    uses = ("layer", "seed", "batch_size", "gen_batch_size", "gen_bf16")
     reads = ("vectors.safetensors", "items.jsonl", "queries (extract config)", "judge (extract config)")
     writes = ("responses/*.jsonl", "tables/responses.csv", "tables/expression_rates.csv",
               "tables/mean_expression_rates.csv", "judge.json", "summary.json")
@@ -68,7 +68,7 @@ class SteeringSection(Section):
         sec = ctx.dir()
         queries = free_queries(ctx, o.n_free)
         gcfg = GenerationConfig(max_new_tokens=o.free_max_new_tokens, do_sample=False,
-                                batch_size=ctx.cfg.batch_size, bf16=use_bf16(ctx.cfg.gen_bf16, ctx.lm.device), seed=ctx.cfg.seed)
+                                batch_size=ctx.cfg.gen_batch_size, bf16=use_bf16(ctx.cfg.gen_bf16, ctx.lm.device), seed=ctx.cfg.seed)
         conds_all: dict[str, list[Intervention]] = {"baseline": []}
         for v in ctx.values:
             for name, ivs in direction_conditions(ctx, v, ablations=False).items():

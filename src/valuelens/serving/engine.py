@@ -10,8 +10,8 @@ Steering is per row: :func:`valuelens.hooks.steer_rows` keeps one hook per layer
 loop sets the ``[B, D]`` deltas of the rows in the batch (zeros for unsteered rows, which leaves their numbers
 bit for bit unchanged). A row's arithmetic is that of the library: prefill + every decoding step steered,
 ``alpha · vector`` added in float32 at the steered layer, position ids from the attention mask as in
-``generate``, HF's own temperature/top-k/top-p warpers, and a per-request ``torch.Generator`` seeded with the
-request's seed — so a greedy request returns what :func:`valuelens.generate.generate_batch` returns, and a seeded
+``generate``, the library's sampler (:func:`valuelens.generate.sample_next`: temperature, top-k, top-p) with a
+per-request ``torch.Generator`` seeded with the request's seed — so a greedy request returns what :func:`valuelens.generate.generate_batch` returns, and a seeded
 sampled request alone in the batch draws the same tokens.
 
 Models whose KV cache is not a plain per-layer key/value tensor (sliding-window or linear-attention layers) are
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..generate import sample_next
 from ..models import LoadedModel, autocast
 
 __all__ = ["Engine", "Job", "Sampling"]
@@ -80,24 +81,6 @@ class Job:
     def cancel(self) -> None:
         """The client went away: the row leaves the batch at the next step."""
         self.cancelled = True
-
-
-def _hf_warpers(s: Sampling) -> list[Any]:
-    """HF's logits warpers in ``generate``'s order (temperature, top-k, top-p), so sampling matches it."""
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    out: list[Any] = []
-    if s.temperature != 1.0:
-        out.append(TemperatureLogitsWarper(s.temperature))
-    if s.top_k:
-        out.append(TopKLogitsWarper(top_k=s.top_k))
-    if s.top_p < 1.0:
-        out.append(TopPLogitsWarper(top_p=s.top_p))
-    return out
 
 
 class _Batch:
@@ -358,11 +341,8 @@ class Engine:
             if s.greedy:
                 out[r] = torch.argmax(scores, dim=-1)[0]
                 continue
-            hist = torch.tensor([j.prompt_ids + j.ids], dtype=torch.long)
-            for w in _hf_warpers(s):
-                scores = w(hist, scores)
-            probs = torch.softmax(scores, dim=-1)
-            out[r] = torch.multinomial(probs, num_samples=1, generator=j._gen)[0, 0]
+            out[r] = sample_next(scores, do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                 gen=j._gen)[0]
         return out
 
     def _emit(self, batch: _Batch, toks: torch.Tensor, start: int = 0) -> None:
