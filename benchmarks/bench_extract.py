@@ -10,7 +10,9 @@ and prompted for two values, made by the ``prepare`` stage):
    n prompted for each of two values) with the default sampling settings (bf16 autocast, temperature 0.7,
    top-p 0.9), ``--max-new-tokens`` and ``--batch-size``. These responses feed parts (b) and (c).
 1. **(a) Generation** of n prompts, greedy, EOS on: ``generate_to_file`` (fp32 and bf16 autocast) vs plain
-   ``model.generate`` with the same arguments in the same dtype (ratio = overhead of the resumable writer).
+   ``model.generate`` with the same arguments in the same dtype (ratio = overhead of the resumable writer and
+   valuelens' own decoding loop); and sampled as extract samples (fp32, temperature 0.7, top-p 0.9, top-k 50),
+   where the ratio is mostly the sampler's (transformers sorts the whole vocabulary per row and step).
 2. **(b) Activation capture**: ``capture_responses`` (mean residual over response tokens, every layer) over the
    4n responses, fp32 and bf16 autocast; responses/s and response tokens/s; min cosine bf16 vs fp32.
 3. **(c) Memory**: the judge (lexicon), activations and vectors stages on run folders built from n, 2n, 4n of the
@@ -128,8 +130,13 @@ def bench_generation(args: argparse.Namespace, lm: LoadedModel, run: Path, workd
     stop = _stop_ids(lm)
     counter = [0]
 
-    def ours(bf16: bool, max_new: int, n: int) -> Callable[[], int]:
-        cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, batch_size=args.batch_size, bf16=bf16)
+    # Sampled as extract samples (temperature 0.7, top-p 0.9, transformers' default top-k 50): valuelens' own
+    # decoding loop and sampler against model.generate's.
+    sampled = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=50)
+
+    def ours(bf16: bool, max_new: int, n: int, sample: bool = False) -> Callable[[], int]:
+        cfg = GenerationConfig(max_new_tokens=max_new, batch_size=args.batch_size, bf16=bf16,
+                               **(sampled if sample else {"do_sample": False}))
 
         def run_() -> int:
             counter[0] += 1
@@ -139,16 +146,17 @@ def bench_generation(args: argparse.Namespace, lm: LoadedModel, run: Path, workd
             return sum(len(r["response_ids"]) for r in recs)
         return run_
 
-    def plain(bf16: bool, max_new: int, n: int) -> Callable[[], int]:
+    def plain(bf16: bool, max_new: int, n: int, sample: bool = False) -> Callable[[], int]:
+        kw: dict[str, Any] = sampled if sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
         def run_() -> int:
             total = 0
             for s in range(0, n, args.batch_size):
                 enc = tok(texts[s:min(n, s + args.batch_size)], return_tensors="pt", padding=True,
                           add_special_tokens=False)
                 with torch.no_grad(), _bf16(bf16):
-                    out = lm.model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=stop,
-                                            pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
-                                            top_k=None)
+                    out = lm.model.generate(**enc, max_new_tokens=max_new, eos_token_id=stop,
+                                            pad_token_id=tok.pad_token_id, **kw)
                 for row in out[:, enc["input_ids"].shape[1]:].tolist():
                     total += next((i for i, t in enumerate(row) if t in stop), len(row))
             return total
@@ -156,7 +164,9 @@ def bench_generation(args: argparse.Namespace, lm: LoadedModel, run: Path, workd
 
     def make(max_new: int, n: int) -> dict[str, Callable[[], int]]:
         return {"plain generate fp32": plain(False, max_new, n), "generate_to_file fp32": ours(False, max_new, n),
-                "plain generate bf16": plain(True, max_new, n), "generate_to_file bf16": ours(True, max_new, n)}
+                "plain generate bf16": plain(True, max_new, n), "generate_to_file bf16": ours(True, max_new, n),
+                "plain generate sampled-fp32": plain(False, max_new, n, True),
+                "generate_to_file sampled-fp32": ours(False, max_new, n, True)}
 
     times, results = C.interleaved(make(args.max_new_tokens, args.n), args.repeats,
                                    warmups=make(2, min(args.n, args.batch_size)),
