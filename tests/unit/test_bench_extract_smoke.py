@@ -24,7 +24,10 @@ def test_bench_extract_tiny(tmp_path, capsys, load_benchmark):
         assert heading in out
     assert "ratio vs plain (same dtype)" in out and "absolute seconds depend on the machine's load" in out
     gen = {r["method"]: r for r in res["generation"]["rows"]}
-    assert set(gen) == {"plain generate fp32", "generate_to_file fp32", "plain generate bf16", "generate_to_file bf16"}
+    assert set(gen) == {"plain generate fp32", "generate_to_file fp32", "plain generate bf16", "generate_to_file bf16",
+                        "plain generate sampled-fp32", "generate_to_file sampled-fp32"}
+    # every method produced tokens (sampled rows stop at EOS at different places, so only > 0)
+    assert all(r["new_tokens"] > 0 for r in gen.values())
     # greedy fp32: the resumable writer generates exactly the tokens plain generate does
     assert gen["generate_to_file fp32"]["new_tokens"] == gen["plain generate fp32"]["new_tokens"]
     cap = {r["dtype"]: r for r in res["capture"]["rows"]}
