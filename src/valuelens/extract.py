@@ -5,6 +5,7 @@ work on a slice of their input with ``shard=(i, n)``)::
 
     prepare      queries.jsonl, items.jsonl (every prompt to answer), config.json, manifest.json
     generate     responses/responses.shard-I-of-N.jsonl     one record per item, exact rendered prompt included
+                 responses/acts/batch-*.safetensors         response means read off the decoding steps
     judge        judgments.jsonl, judge_counts.csv          every response labelled for every value
     activations  activations/chunk-*.safetensors            mean residual over response tokens, all layers
     vectors      vectors.safetensors, tables/*.csv, figures/*.png
@@ -16,7 +17,11 @@ query with a system prompt for s drawn at random from the templates. Intrinsic r
 value; prompted responses are judged for every value too (the vectors use the target value only).
 
 Vectors: v[s, e, l] = mean(expressing) − mean(non-expressing) within condition e, from running sums over the
-activation chunks (memory flat in the number of responses). A value with fewer than ``min_count`` responses on
+activation chunks (memory flat in the number of responses). The activations stage takes each response's means
+from what generation recorded while decoding (a response token's residual is computed when it is fed back;
+equal to a re-run of prompt + response up to float round-off, tested) and re-runs only responses without them
+(vLLM generation, generation and capture in different precisions, a batch regenerated since); that saves the
+second pass over every response. A value with fewer than ``min_count`` responses on
 either side of a condition is reported in ``judge_counts.csv`` and skipped, never silently averaged.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +45,7 @@ from safetensors.torch import save_file
 from .config import strict_config
 from .datasets import QueryOptions, QueryPool, load_query_pool
 from .errors import ConfigError, DataError
-from .generate import GenerationConfig, GenItem, capture_responses, generate_to_file
+from .generate import GeneratedActs, GenerationConfig, GenItem, capture_responses, generate_to_file
 from .models import NO_SYSTEM, TEMPLATE_DEFAULT, LoadedModel, load_model
 from .precision import BF16_CHOICES, use_bf16
 from .progress import bar as tqdm
@@ -257,7 +263,17 @@ def _generate(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[int, 
     gcfg = cfg.generation()
     mine = shard_slice(list(range(len(plan_batches(lm, gen_items, gcfg)))), shard)
     generate_to_file(lm, gen_items, _shard_file(run, shard), gcfg, desc=f"generate {shard[0]}/{shard[1]}",
-                     batches=mine)
+                     batches=mine, capture_dir=_generated_acts_dir(run) if _fused_capture(cfg) else None)
+
+
+def _generated_acts_dir(run: Path) -> Path:
+    return run / "responses" / "acts"
+
+
+def _fused_capture(cfg: ExtractConfig) -> bool:
+    """Whether generation also records the response means the activations stage needs (one pass instead of
+    two): when generation and capture run in the same precision."""
+    return use_bf16(cfg.gen_bf16) == cfg.capture_bf16  # vLLM writes none: those responses are re-run
 
 
 def load_responses(run: Path) -> list[dict[str, Any]]:
@@ -395,20 +411,28 @@ def _activations(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[in
     responses = [r for r in load_responses(run) if r["response_ids"]]
     chunks = [responses[i:i + cfg.chunk_size] for i in range(0, len(responses), cfg.chunk_size)]
     mine = shard_slice(list(enumerate(chunks)), shard)
+    # Response means the generate stage recorded while decoding (same numbers up to float round-off); only
+    # responses without one (vLLM, another precision, a regenerated batch) are re-run here.
+    generated = GeneratedActs(_generated_acts_dir(run), lm.model_hash) if _fused_capture(cfg) else None
     for ci, chunk in tqdm(mine, desc="activations", unit="chunk", leave=False):
         path = _chunk_path(run, ci)
         ids = [r["id"] for r in chunk]
         if path.exists() and _chunk_ids(path) == ids:
             continue  # written by an earlier (interrupted) run
-        acts: dict[str, torch.Tensor] = {}
-        for bid, a in capture_responses(lm, chunk, batch_size=cfg.capture_batch_size, bf16=cfg.capture_bf16):
+        acts: dict[str, torch.Tensor] = generated.get(chunk) if generated is not None else {}
+        missing = [r for r in chunk if r["id"] not in acts]
+        for bid, a in capture_responses(lm, missing, batch_size=cfg.capture_batch_size, bf16=cfg.capture_bf16) \
+                if missing else ():
             for i, t in zip(bid, a, strict=True):
                 acts[i] = t
         stacked = torch.stack([acts[i] for i in ids]).to(torch.float32).contiguous()  # [n, L, D]
         meta = {"ids": json.dumps(ids), "model_hash": lm.model_hash, "reduction": "mean over response tokens",
-                "layers": json.dumps(list(range(lm.spec.n_layers)))}
+                "layers": json.dumps(list(range(lm.spec.n_layers))),
+                "from_generation": str(len(ids) - len(missing))}
         with atomic_path(path) as tmp:
             save_file({"acts": stacked}, str(tmp), metadata=meta)
+    if shard == (0, 1) and generated is not None:  # every chunk written: the side files are duplicates now
+        shutil.rmtree(_generated_acts_dir(run), ignore_errors=True)
 
 
 def _chunk_ids(path: Path) -> list[str]:

@@ -33,13 +33,23 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, ModelError
-from .hooks import Intervention, apply_interventions, forward_capture
-from .models import LoadedModel, RenderedPrompt, autocast
+from .hooks import Intervention, apply_interventions, capture_residual, forward_capture
+from .models import LoadedModel, RenderedPrompt, ResolvedSpec, autocast
 from .progress import bar as tqdm
 from .runio import JsonlWriter, atomic_write_text, read_jsonl
 
-__all__ = ["GenItem", "GenerationConfig", "capture_responses", "decode", "generate_batch", "generate_to_file",
-           "is_oom", "plan_batches", "sample_next"]
+__all__ = [
+    "GenItem",
+    "GeneratedActs",
+    "GenerationConfig",
+    "capture_responses",
+    "decode",
+    "generate_batch",
+    "generate_to_file",
+    "is_oom",
+    "plan_batches",
+    "sample_next",
+]
 
 
 @dataclass(frozen=True)
@@ -153,11 +163,21 @@ def _nucleus_pick(top: Tensor, idx: Tensor, top_p: float, gen: torch.Generator |
 
 
 def decode(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, cfg: GenerationConfig,
-           stop: Sequence[int], *, seed: int, pad: int | None) -> Tensor:
+           stop: Sequence[int], *, seed: int, pad: int | None, capture: bool = False,
+           spec: ResolvedSpec | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Batched KV-cached decoding of left-padded prompts ``[B, T]``: the generated ids ``[B, ≤ max_new_tokens]``
     (on the CPU; rows that stopped are padded with ``pad`` after their stop token). Runs under whatever hooks
     are active (the interventions see a prefill, then one-token decoding steps). The loop ends when every row
-    has stopped."""
+    has stopped.
+
+    ``capture``: also return the mean residual stream over each row's **response tokens** at every layer,
+    ``[B, L, D]`` float32 (zeros for an empty response) — what :func:`capture_responses` computes by re-running
+    prompt + response, read off the decoding steps instead (a response token is fed one step after it is
+    sampled, and the last one once more at the end if the row stopped on length). Equal to the re-run up to
+    float round-off; it saves the whole second pass.
+    """
+    if capture and spec is None:
+        raise ConfigError("decode(capture=True) needs the model's spec (LoadedModel.spec)")
     gen = torch.Generator().manual_seed(int(seed)) if cfg.do_sample else None
     am = attention_mask
     pos = (am.long().cumsum(-1) - 1).clamp(min=0)
@@ -165,32 +185,64 @@ def decode(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, cf
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     fill = int(pad if pad is not None else stop[0])
     keep: dict[str, Any] = {"logits_to_keep": 1}  # no logits for the prompt's other positions
-    try:
-        out = model(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True, **keep)
-    except TypeError:  # a model class without logits_to_keep
-        keep = {}
-        out = model(input_ids=input_ids, attention_mask=am, position_ids=pos, use_cache=True)
-    cache = out.past_key_values
-    steps: list[Tensor] = []
-    for i in range(cfg.max_new_tokens):
-        nxt = sample_next(out.logits[:, -1], do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p,
-                          top_k=cfg.top_k, gen=gen)
-        nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
-        steps.append(nxt)
-        done = done | torch.isin(nxt, stops)
-        if bool(done.all()) or i == cfg.max_new_tokens - 1:
-            break
-        am = torch.cat([am, torch.ones_like(am[:, :1])], dim=-1)
-        pos = pos[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=am, position_ids=pos, past_key_values=cache,
-                    use_cache=True, **keep)
+    with capture_residual(model, None, reduction="sum", spec=spec) if capture else contextlib.nullcontext() as rec:
+        sums: Tensor | None = None
+        counts = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+
+        def step(ids: Tensor, response: Tensor | None, **kw: Any) -> Any:
+            # ``response [B]``: which rows' fed token is a response token (None: the prompt, nothing counted)
+            nonlocal sums, counts
+            if rec is not None:
+                rec.set_mask(torch.zeros(ids.shape, dtype=torch.bool, device=ids.device) if response is None
+                             else response[:, None])
+            res = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True, **kw)
+            if rec is not None:
+                got = rec.pop()
+                assert isinstance(got, Tensor)
+                if response is not None:
+                    sums = got if sums is None else sums + got
+                    counts = counts + response.float()
+            return res
+
+        try:
+            out = step(input_ids, None, **keep)
+        except TypeError:  # a model class without logits_to_keep
+            keep = {}
+            out = step(input_ids, None)
         cache = out.past_key_values
-    return torch.stack(steps, dim=1).cpu()
+        steps: list[Tensor] = []
+        for i in range(cfg.max_new_tokens):
+            nxt = sample_next(out.logits[:, -1], do_sample=cfg.do_sample, temperature=cfg.temperature,
+                              top_p=cfg.top_p, top_k=cfg.top_k, gen=gen)
+            nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
+            steps.append(nxt)
+            done = done | torch.isin(nxt, stops)
+            last = bool(done.all()) or i == cfg.max_new_tokens - 1
+            if last and (rec is None or bool(done.all())):
+                break
+            am = torch.cat([am, torch.ones_like(am[:, :1])], dim=-1)
+            pos = pos[:, -1:] + 1
+            # the fed token is a response token for every row not stopped (a stop token ends the response)
+            out = step(nxt[:, None], ~done, past_key_values=cache, **keep)
+            cache = out.past_key_values
+            if last:  # fed only to read the last response tokens of rows that stopped on length
+                break
+    ids = torch.stack(steps, dim=1).cpu()
+    if rec is None:
+        return ids
+    means = (sums / counts.clamp(min=1.0)[:, None, None] if sums is not None  # every response empty: zeros
+             else torch.zeros(ids.shape[0], spec.n_layers, spec.d_model))
+    return ids, means.float().cpu()
 
 
 def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig, *,
-                   interventions: Sequence[Intervention] = (), seed: int | None = None) -> list[dict[str, Any]]:
-    """Generate for one batch of rendered prompt texts; returns per-item text, token ids and finish reason."""
+                   interventions: Sequence[Intervention] = (), seed: int | None = None,
+                   capture: bool = False) -> list[dict[str, Any]]:
+    """Generate for one batch of rendered prompt texts; returns per-item text, token ids and finish reason.
+
+    ``capture``: each record also gets ``acts`` — the mean residual over its response tokens at every layer,
+    ``[L, D]`` float32, read off the decoding steps (:func:`decode`); not with a repetition penalty
+    (transformers' own loop runs then, and no ``acts`` key is added)."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     dev = lm.device
@@ -208,14 +260,18 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
     with torch.random.fork_rng(devices=devices), torch.no_grad(), \
             autocast(dev, cfg.bf16), apply_interventions(lm.model, interventions, spec=lm.spec):
         torch.manual_seed(cfg.seed if seed is None else seed)
+        acts: Tensor | None = None
         if cfg.repetition_penalty == 1.0:
-            new = decode(lm.model, inputs["input_ids"], inputs["attention_mask"], cfg, stop,
-                         seed=cfg.seed if seed is None else seed, pad=tok.pad_token_id)
+            got = decode(lm.model, inputs["input_ids"], inputs["attention_mask"], cfg, stop,
+                         seed=cfg.seed if seed is None else seed, pad=tok.pad_token_id, capture=capture,
+                         spec=lm.spec)
+            new, acts = got if isinstance(got, tuple) else (got, None)
         else:  # transformers' own loop applies the penalty
             out = lm.model.generate(**inputs, **kwargs)
             new = out[:, enc["input_ids"].shape[1]:].cpu()
     results = []
-    for row, p_ids, p_mask in zip(new.tolist(), enc["input_ids"], enc["attention_mask"], strict=True):
+    for b, (row, p_ids, p_mask) in enumerate(zip(new.tolist(), enc["input_ids"], enc["attention_mask"],
+                                                 strict=True)):
         ids: list[int] = []
         finish = "length"
         for t in row:
@@ -225,7 +281,8 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfi
             ids.append(t)
         prompt_ids = p_ids[p_mask.bool()].tolist()
         results.append({"response": tok.decode(ids, skip_special_tokens=True).strip(), "response_ids": ids,
-                        "prompt_ids": prompt_ids, "finish_reason": finish})
+                        "prompt_ids": prompt_ids, "finish_reason": finish,
+                        **({"acts": acts[b]} if acts is not None else {})})
     return results
 
 
@@ -270,7 +327,8 @@ class _Adaptive:
 
 def _generate_adaptive(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig, seed: int,
                        interventions: Sequence[Intervention], limit: _Adaptive,
-                       row_steer: tuple[int, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+                       row_steer: tuple[int, torch.Tensor] | None = None, capture: bool = False
+                       ) -> list[dict[str, Any]]:
     """Generate one planned batch, in parts of at most ``limit.size`` prompts, halving on out-of-memory.
     ``row_steer``: ``(layer, [B, D] deltas)`` added per row (sliced along with the prompts)."""
     from .hooks import Steer
@@ -285,7 +343,7 @@ def _generate_adaptive(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationC
             ivs.append(Steer(row_steer[1][start:start + size], (row_steer[0],), 1.0))
         try:
             res = generate_batch(lm, prompts[start:start + size], cfg, interventions=ivs,
-                                 seed=seed if whole else _sub_seed(seed, start, size))
+                                 seed=seed if whole else _sub_seed(seed, start, size), capture=capture)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_oom(exc):
                 raise
@@ -308,7 +366,8 @@ def _generate_adaptive(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationC
 def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | Path, cfg: GenerationConfig, *,
                      interventions: Sequence[Intervention] = (), desc: str = "generating",
                      on_batch: Callable[[int], None] | None = None,
-                     batches: Sequence[int] | None = None, steer_layer: int | None = None) -> list[dict[str, Any]]:
+                     batches: Sequence[int] | None = None, steer_layer: int | None = None,
+                     capture_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Generate a response for every item into ``out_path`` (JSONL), resuming from what is already there.
 
     Returns the records in item order. ``batches``: generate only these batches of the plan over all
@@ -316,6 +375,9 @@ def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | 
     in a single-process run. ``on_batch(i)`` is called after batch i is durably written (tests use it to
     simulate a crash). ``steer_layer``: the layer where items' own ``steer`` vectors are added (needed when any
     item has one; items without one in the same batch get a zero row, i.e. the plain model).
+    ``capture_dir``: also write each batch's response-token mean residuals (every layer, read off the decoding
+    steps) to ``capture_dir/batch-NNNNN.safetensors`` (read back with :class:`GeneratedActs`) — the activations
+    stage then needs no second pass. Skipped where generation cannot capture (vLLM, a repetition penalty).
     """
     ids = [it.id for it in items]
     if any(it.steer is not None for it in items) and steer_layer is None:
@@ -365,7 +427,12 @@ def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | 
                 row_steer = (steer_layer, torch.stack([it.steer.detach().float().reshape(d) if it.steer is not None
                                                        else torch.zeros(d) for it in batch]))
             res = _generate_adaptive(lm, [it.prompt.text for it in batch], cfg, cfg.seed * 1_000_003 + bi,
-                                     interventions, limit, row_steer)
+                                     interventions, limit, row_steer, capture=capture_dir is not None)
+            acts = [r.pop("acts", None) for r in res]
+            if capture_dir is not None and all(a is not None for a in acts):
+                _write_generated_acts(Path(capture_dir) / f"batch-{bi:05d}.safetensors", lm,
+                                      [(it.id, r["response_ids"], a) for it, r, a in zip(batch, res, acts,
+                                                                                         strict=True)])
             records = []
             for it, r in zip(batch, res, strict=True):
                 rec = {"id": it.id, **it.meta, "prompt": it.prompt.to_dict(), **r, "batch": bi}
@@ -376,6 +443,79 @@ def generate_to_file(lm: LoadedModel, items: Sequence[GenItem], out_path: str | 
             if on_batch is not None:
                 on_batch(bi)
     return [done[i] for i in ids]
+
+
+def _tokens_key(ids: Sequence[int]) -> str:
+    """A short fingerprint of a response's token ids (side files are used only for the exact same tokens)."""
+    import hashlib
+
+    return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def _write_generated_acts(path: Path, lm: LoadedModel, rows: Sequence[tuple[str, list[int], Tensor | None]]
+                          ) -> None:
+    """One generation batch's response means (rows with an empty response are left out), atomically."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .runio import atomic_path
+
+    keep = [(i, t, a) for i, t, a in rows if t and a is not None]
+    if not keep:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"ids": json.dumps([i for i, _, _ in keep]), "tokens": json.dumps([_tokens_key(t) for _, t, _ in keep]),
+            "model_hash": lm.model_hash, "reduction": "mean over response tokens (during generation)",
+            "layers": json.dumps(list(range(lm.spec.n_layers)))}
+    with atomic_path(path) as tmp:
+        save_file({"acts": torch.stack([a for _, _, a in keep]).float().contiguous()}, str(tmp), metadata=meta)
+
+
+class GeneratedActs:
+    """The response means generation wrote into ``folder`` (:func:`generate_to_file` with ``capture_dir``),
+    indexed once from the files' metadata; :meth:`get` loads only the rows asked for.
+
+    A row is used only where its file's model hash and its response's exact tokens match the record (a
+    regenerated or foreign response is left out, and the caller captures it by a forward pass)."""
+
+    def __init__(self, folder: str | Path, model_hash: str) -> None:
+        import json
+
+        from safetensors import safe_open
+
+        self.index: dict[str, tuple[Path, int, str]] = {}  # id -> (file, row, tokens fingerprint)
+        folder = Path(folder)
+        for f in sorted(folder.glob("batch-*.safetensors")) if folder.is_dir() else []:
+            try:
+                with safe_open(str(f), framework="pt") as fh:
+                    meta = fh.metadata() or {}
+                if meta.get("model_hash") != model_hash:
+                    continue
+                for k, (i, t) in enumerate(zip(json.loads(meta["ids"]), json.loads(meta["tokens"]), strict=True)):
+                    self.index[i] = (f, k, str(t))
+            except (OSError, KeyError, ValueError, TypeError):
+                continue  # a damaged side file only costs a forward pass
+
+    def get(self, records: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        """``{id: [L, D] float32}`` for the records (``id``, ``response_ids``) this folder holds."""
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[tuple[str, int]]] = {}
+        for r in records:
+            hit = self.index.get(r["id"])
+            if hit is not None and hit[2] == _tokens_key(r["response_ids"]):
+                by_file.setdefault(hit[0], []).append((r["id"], hit[1]))
+        out: dict[str, Tensor] = {}
+        for f, rows in by_file.items():
+            try:
+                with safe_open(str(f), framework="pt") as fh:
+                    sl = fh.get_slice("acts")
+                    for i, k in rows:
+                        out[i] = sl[k:k + 1][0]
+            except (OSError, ValueError):
+                continue
+        return out
 
 
 def _vllm_generator(lm: LoadedModel, cfg: GenerationConfig, steered: bool) -> Any:
