@@ -50,6 +50,7 @@ import _common as C
 from valuelens.extract import ExtractConfig, load_responses, run_extract
 from valuelens.generate import GenerationConfig, GenItem, _stop_ids, capture_responses, generate_to_file
 from valuelens.models import LoadedModel, RenderedPrompt
+from valuelens.precision import use_bf16
 from valuelens.runio import atomic_write_text, read_jsonl
 
 VALUES = ["Benevolence", "Power"]
@@ -281,11 +282,15 @@ def estimate(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
     cap = {r["dtype"]: r for r in res["capture"]["rows"]}["bf16" if d.capture_bf16 else "fp32"]
     mem4 = res["memory"]["rows"][-1]
     gen_stage = n_full / gen["responses_per_s"] * scale
+    # Generation records the response means while decoding when it runs in the capture's precision (the
+    # generate stage measured above includes that); only otherwise does the activations stage re-run them.
+    fused = use_bf16(d.gen_bf16) == d.capture_bf16
+    act_key = "activations (read off the decoding steps: inside generate)" if fused else "activations"
     parts = {
         "generate (at the extract stage's sampled bf16 throughput)": gen_stage,
         "judge (lexicon; the default judge is the detector, or the LLM judge if none is trained: not included)":
             mem4["timings_s"].get("judge", 0.0) / mem4["responses"] * n_full,
-        "activations": n_full / cap["responses_per_s"],
+        act_key: 0.0 if fused else n_full / cap["responses_per_s"],
         "vectors + figures (measured at 4n; mostly fixed cost)": mem4["timings_s"].get("vectors", 0.0),
     }
     total = sum(parts.values())
@@ -295,7 +300,8 @@ def estimate(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
     gen_a = n_full / a_bf16["responses_per_s"] * scale
     cap16 = n_full / {r["dtype"]: r for r in res["capture"]["rows"]}["bf16"]["responses_per_s"]
     alt = {"generate at (a) generate_to_file bf16 throughput": total - gen_stage + gen_a,
-           "... and capture_bf16=True": total - gen_stage + gen_a - parts["activations"] + cap16}
+           "... and capture_bf16=True": total - gen_stage + gen_a - parts[act_key]
+           + (0.0 if use_bf16(d.gen_bf16) else cap16)}
     return {"responses": n_full, "values": len(d.values), "max_new_tokens": d.max_new_tokens,
             "gen_bf16": d.gen_bf16, "capture_bf16": d.capture_bf16, "scaled_from_max_new_tokens": args.max_new_tokens,
             "parts_s": parts, "total_s": total, "total_min": total / 60, "alternatives_min": {
