@@ -279,12 +279,12 @@ def estimate(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
     n_full = d.n_intrinsic + len(d.values) * d.n_prompted_per_value
     scale = d.max_new_tokens / args.max_new_tokens  # rough: generation time ∝ decoding steps
     gen = res["stage"]
-    cap = {r["dtype"]: r for r in res["capture"]["rows"]}["bf16" if d.capture_bf16 else "fp32"]
+    cap = {r["dtype"]: r for r in res["capture"]["rows"]}["bf16" if d.capture_in_bf16() else "fp32"]
     mem4 = res["memory"]["rows"][-1]
     gen_stage = n_full / gen["responses_per_s"] * scale
     # Generation records the response means while decoding when it runs in the capture's precision (the
     # generate stage measured above includes that); only otherwise does the activations stage re-run them.
-    fused = use_bf16(d.gen_bf16) == d.capture_bf16
+    fused = use_bf16(d.gen_bf16) == d.capture_in_bf16()
     act_key = "activations (read off the decoding steps: inside generate)" if fused else "activations"
     parts = {
         "generate (at the extract stage's sampled bf16 throughput)": gen_stage,
@@ -303,7 +303,7 @@ def estimate(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
            "... and capture_bf16=True": total - gen_stage + gen_a - parts[act_key]
            + (0.0 if use_bf16(d.gen_bf16) else cap16)}
     return {"responses": n_full, "values": len(d.values), "max_new_tokens": d.max_new_tokens,
-            "gen_bf16": d.gen_bf16, "capture_bf16": d.capture_bf16, "scaled_from_max_new_tokens": args.max_new_tokens,
+            "gen_bf16": d.gen_bf16, "capture_bf16": d.capture_in_bf16(), "scaled_from_max_new_tokens": args.max_new_tokens,
             "parts_s": parts, "total_s": total, "total_min": total / 60, "alternatives_min": {
                 k: v / 60 for k, v in alt.items()}, "target_min": TARGET_MIN, "meets_target": total / 60 <= TARGET_MIN}
 

@@ -153,7 +153,7 @@ def _warmup(lm: LoadedModel, cfg: ExtractConfig, texts: list[str]) -> dict[str, 
         attn[i, t - len(x):] = 1
     forward_capture(lm.model, input_ids[:1], attn[:1], spec=lm.spec)
     t0 = time.perf_counter()
-    forward_capture(lm.model, input_ids, attn, spec=lm.spec, bf16=cfg.capture_bf16)
+    forward_capture(lm.model, input_ids, attn, spec=lm.spec, bf16=cfg.capture_in_bf16())
     _sync(dev)
     capture = (time.perf_counter() - t0) / cb
     prompt_tokens = float(enc["attention_mask"].sum()) / batch

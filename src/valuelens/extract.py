@@ -101,9 +101,12 @@ class ExtractConfig:
     top_p: float = 0.9
     batch_size: int = 48  # generation batch (valuelens.generate.decode; 48 was fastest on 2 CPU cores)
     # Generation under bf16 autocast: "auto" = only where the hardware computes bf16 natively (~2× faster there,
-    # 40-60× slower where it is emulated; valuelens.precision). Capture stays float32 unless capture_bf16.
+    # 40-60× slower where it is emulated; valuelens.precision).
     gen_bf16: bool | str = "auto"
-    capture_bf16: bool = False
+    # Precision of the activation capture: "auto" = the generation's, so the response means are read off the
+    # decoding steps (no second pass; sums stay float32 either way). true/false force it (a mismatch re-runs
+    # every response in that precision).
+    capture_bf16: bool | str = "auto"
     # Batch prompts of similar token length together (less padding; changes batch composition, so responses
     # differ from a run without it — same seed, same plan, same responses however the work is sharded).
     gen_sort_by_length: bool = True  # batches of similar prompt length: less padded prefill
@@ -154,11 +157,12 @@ class ExtractConfig:
             raise ConfigError(f"temperature must be > 0 (>= 0 with do_sample false), got {self.temperature!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        for name in ("do_sample", "capture_bf16", "gen_sort_by_length"):
+        for name in ("do_sample", "gen_sort_by_length"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.gen_bf16 not in BF16_CHOICES:
-            raise ConfigError(f"gen_bf16 must be auto, true or false, got {self.gen_bf16!r}")
+        for name in ("gen_bf16", "capture_bf16"):
+            if getattr(self, name) not in BF16_CHOICES:
+                raise ConfigError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
         if self.layer != "auto":
             _int_at_least("layer", self.layer, 0, extra=" or 'auto'")
         for name in ("model", "judge"):
@@ -195,6 +199,10 @@ class ExtractConfig:
                                 temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                                 batch_size=self.batch_size, bf16=use_bf16(self.gen_bf16),
                                 sort_by_length=self.gen_sort_by_length, backend=self.gen_backend)
+
+    def capture_in_bf16(self) -> bool:
+        """The resolved capture precision ("auto" follows the generation's)."""
+        return use_bf16(self.gen_bf16) if self.capture_bf16 == "auto" else bool(self.capture_bf16)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,7 +281,7 @@ def _generated_acts_dir(run: Path) -> Path:
 def _fused_capture(cfg: ExtractConfig) -> bool:
     """Whether generation also records the response means the activations stage needs (one pass instead of
     two): when generation and capture run in the same precision."""
-    return use_bf16(cfg.gen_bf16) == cfg.capture_bf16  # vLLM writes none: those responses are re-run
+    return use_bf16(cfg.gen_bf16) == cfg.capture_in_bf16()  # vLLM writes none: those responses are re-run
 
 
 def load_responses(run: Path) -> list[dict[str, Any]]:
@@ -421,14 +429,15 @@ def _activations(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[in
             continue  # written by an earlier (interrupted) run
         acts: dict[str, torch.Tensor] = generated.get(chunk) if generated is not None else {}
         missing = [r for r in chunk if r["id"] not in acts]
-        for bid, a in capture_responses(lm, missing, batch_size=cfg.capture_batch_size, bf16=cfg.capture_bf16) \
+        for bid, a in capture_responses(lm, missing, batch_size=cfg.capture_batch_size, bf16=cfg.capture_in_bf16()) \
                 if missing else ():
             for i, t in zip(bid, a, strict=True):
                 acts[i] = t
         stacked = torch.stack([acts[i] for i in ids]).to(torch.float32).contiguous()  # [n, L, D]
         meta = {"ids": json.dumps(ids), "model_hash": lm.model_hash, "reduction": "mean over response tokens",
                 "layers": json.dumps(list(range(lm.spec.n_layers))),
-                "from_generation": str(len(ids) - len(missing))}
+                "from_generation": str(len(ids) - len(missing)),
+                "compute_dtype": "bfloat16 autocast" if cfg.capture_in_bf16() else "float32"}
         with atomic_path(path) as tmp:
             save_file({"acts": stacked}, str(tmp), metadata=meta)
     if shard == (0, 1) and generated is not None:  # every chunk written: the side files are duplicates now

@@ -123,3 +123,46 @@ def test_extract_takes_activations_from_generation(tmp_path, tiny_folder) -> Non
         with safe_open(str(f), framework="pt") as fh:
             from_gen += int((fh.metadata() or {})["from_generation"])
     assert from_gen == len(recs)  # no response needed a second pass
+
+
+@pytest.mark.parametrize(("gen_bf16", "capture_bf16", "fused"), [(True, "auto", True), (False, True, False)])
+def test_capture_precision_follows_generation(tmp_path, tiny_folder, gen_bf16: bool, capture_bf16: bool | str,
+                                             fused: bool) -> None:
+    """capture_bf16="auto" captures in the generation's precision, so bf16 generation needs no second pass;
+    a forced mismatch re-runs every response (in the capture's precision), and each chunk says which it was."""
+    from safetensors import safe_open
+
+    from valuelens.extract import ExtractConfig, iter_activation_chunks, load_responses, run_extract
+    from valuelens.models import load_model
+
+    cfg = ExtractConfig.from_dict(dict(
+        model=str(tiny_folder), values=["Benevolence", "Power"], n_intrinsic=4, n_prompted_per_value=2,
+        max_new_tokens=5, batch_size=4, chunk_size=32, judge="lexicon", judge_options={"min_hits": 1},
+        label_mode="rank", min_count=1, gen_bf16=gen_bf16, capture_bf16=capture_bf16, seed=1))
+    assert cfg.capture_in_bf16() is True
+    run = tmp_path / "run"
+    run_extract(run, cfg)
+    recs = {r["id"]: r for r in load_responses(run) if r["response_ids"]}
+    lm = load_model(str(tiny_folder))
+    ref = {}
+    for ids, acts in capture_responses(lm, list(recs.values()), batch_size=cfg.capture_batch_size, bf16=True):
+        ref.update(zip(ids, acts, strict=True))
+    ref32 = _rerun(lm, list(recs.values()))
+    err16 = err32 = 0.0
+    for ids, acts in iter_activation_chunks(run):
+        for i, a in zip(ids, acts, strict=True):
+            err16 = max(err16, float((a - ref[i].float()).abs().max()))
+            err32 = max(err32, float((a - ref32[i].float()).abs().max()))
+    scale = max(float(a.abs().max()) for a in ref32.values())
+    if not fused:
+        assert err16 < 1e-5 * scale  # the bf16 re-run itself (one chunk, one batch: the same padding)
+    assert err16 < 2e-2 * scale  # bf16 round-off, not another computation
+    assert err32 > 1e-6 * scale  # and not the float32 numbers (the precision really changed)
+    from_gen = dtypes = 0
+    for f in sorted((run / "activations").glob("chunk-*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            from_gen += int(meta["from_generation"])
+            dtypes += meta["compute_dtype"] == "bfloat16 autocast"
+    assert from_gen == (len(recs) if fused else 0)
+    assert dtypes == len(list((run / "activations").glob("chunk-*.safetensors")))

@@ -79,3 +79,38 @@ def test_option_scoring_under_many_conditions_equals_one_by_one() -> None:
         for a, b in zip(many[name], one, strict=True):
             assert a.sum == pytest.approx(b.sum, abs=1e-4), name
     assert not all((a.sum == b.sum).all() for a, b in zip(many["base"], many["steer"], strict=True))
+
+
+def test_common_prefix_pass_equals_brute_force_under_every_condition_kind() -> None:
+    """The chat template's shared prefix runs once per batch (fast replay path, hooked path, and plain scoring);
+    every condition still equals scoring each prompt+option in full. A prompt-only steer (which would take the
+    remainder for decoding steps) falls back to one prompt pass."""
+    from valuelens.evals.scoring import _encode_all, _score_shared, _to_logprobs, common_prefix_len
+    from valuelens.hooks import apply_interventions
+
+    lm = tiny_chat_lm()
+    prompts = [lm.chat.render(q) for q in ("How much like you is this?", "Is it fine to skip a tradition?",
+                                           "Pick one.", "Hi")]
+    options = [["Very much like me", "Not like me"], ["yes", "no", "maybe"], ["a", "bb", "a b c"], ["x", "y"]]
+    p_ids, _ = _encode_all(lm, prompts, options, True)
+    assert common_prefix_len(p_ids[:3]) >= 2  # the template's header is shared: the prefix pass really runs
+    v = torch.randn(lm.spec.d_model)
+    conds = {"base": [], "steer": [Steer(v, (2,), 2.0)], "ablate": [Ablate(v)],
+             "prompt_only": [Steer(v, (1,), 2.0, positions="prompt")]}
+    many = option_logprobs_conditions(lm, prompts, options, conds, batch_size=3)
+    for name, ivs in conds.items():
+        if name == "prompt_only":  # a single full pass would steer the options too: the reference is one
+            # prompt pass then the options (no prefix pass), by hand
+            p_ids, o_ids = _encode_all(lm, prompts, options, True)
+            with torch.no_grad(), apply_interventions(lm.model, ivs, spec=lm.spec):
+                full = _to_logprobs(_score_shared(lm, p_ids[:3], o_ids[:3], common_prefix=False)
+                                    + _score_shared(lm, p_ids[3:], o_ids[3:], common_prefix=False))
+        else:
+            full = option_logprobs(lm, prompts, options, batch_size=3, interventions=ivs, share_prefix=False)
+        one = option_logprobs(lm, prompts, options, batch_size=3, interventions=ivs)
+        for a, b, c in zip(many[name], full, one, strict=True):
+            assert a.sum == pytest.approx(b.sum, abs=1e-4), name
+            assert c.sum == pytest.approx(b.sum, abs=1e-4), name
+    assert common_prefix_len([[5, 6, 7], [5, 6, 8]]) == 2
+    assert common_prefix_len([[5, 6], [5, 6, 8]]) == 0  # each prompt keeps a token of its own: k ≤ 1 < 2
+    assert common_prefix_len([[5, 6, 7, 8]]) == 0

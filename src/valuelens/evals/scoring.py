@@ -24,6 +24,10 @@ How it is computed:
   costs one pass over the prompts plus one over the short option tokens, instead of one full pass per option.
   ``share_prefix=False`` scores every prompt+option sequence in full (the brute-force reference; tests check the
   two agree).
+* **Common prefix.** Tokens every prompt of a batch starts with (the chat template's system turn and user
+  header) run once per batch in a pass of their own; the prompts continue from that cache. Skipped under
+  interventions that tell prefill from decoding (``Steer(positions="prompt"|"generated")``), for which the
+  remainder would look like decoding steps.
 * **Interventions** are applied with :func:`valuelens.hooks.apply_interventions` around both passes. With the
   shared prefix the option pass runs with a filled KV cache, so it counts as a *decoding* step for the hooks:
   a :class:`~valuelens.hooks.Steer` with ``positions="prompt"`` touches only the prompt and
@@ -54,9 +58,11 @@ from ..models import LoadedModel, RenderedPrompt
 __all__ = [
     "OptionLogprobs",
     "ScoreKind",
+    "common_prefix_len",
     "end_of_turn_id",
     "option_logprobs",
     "option_logprobs_conditions",
+    "prefix_safe",
     "softmax",
 ]
 
@@ -168,11 +174,12 @@ def option_logprobs(lm: LoadedModel, prompts: Sequence[str | RenderedPrompt], op
 
     out: list[OptionLogprobs] = []
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    score = _score_shared if share_prefix else _score_full
+    safe = prefix_safe(interventions)
     with torch.no_grad(), autocast, apply_interventions(lm.model, interventions, spec=lm.spec):
         for start in range(0, len(p_ids), batch_size):
             sl = slice(start, start + batch_size)
-            out += _to_logprobs(score(lm, p_ids[sl], o_ids[sl]))
+            out += _to_logprobs(_score_shared(lm, p_ids[sl], o_ids[sl], common_prefix=safe) if share_prefix
+                                else _score_full(lm, p_ids[sl], o_ids[sl]))
     return out
 
 
@@ -253,9 +260,13 @@ def option_logprobs_conditions(lm: LoadedModel, prompts: Sequence[str | Rendered
                     out[name] += _to_logprobs(base)
                 elif name in fast:
                     layer, delta = fast[name]
-                    t1, t2 = traces[layer][0], traces[layer][1]
+                    *pre, t1, t2 = traces[layer]  # [common prefix,] prompts, options
                     d = delta.to(device=t1.hidden.device, dtype=t1.hidden.dtype)
                     cache = new_cache(model)
+                    for t0 in pre:
+                        replay_from_layer(model, t0, t0.hidden + d, cache=cache, positions=slice(-1, None),
+                                          spec=lm.spec)
+                        cache.batch_select_indices(torch.zeros(len(bp), dtype=torch.long, device=dev))
                     logits1 = replay_from_layer(model, t1, t1.hidden + d, cache=cache, positions=slice(-1, None),
                                                 spec=lm.spec)
                     first = torch.log_softmax(logits1[:, -1].float(), dim=-1)
@@ -265,7 +276,7 @@ def option_logprobs_conditions(lm: LoadedModel, prompts: Sequence[str | Rendered
                     out[name] += _to_logprobs(_option_lps(first, logits2, bo, dev, _pad_id(lm)))
                 else:
                     with apply_interventions(model, ivs, spec=lm.spec):
-                        out[name] += _to_logprobs(_score_shared(lm, bp, bo))
+                        out[name] += _to_logprobs(_score_shared(lm, bp, bo, common_prefix=prefix_safe(ivs)))
     return out
 
 
@@ -297,19 +308,68 @@ def _finite(lp: Tensor) -> Tensor:
     return lp
 
 
-def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[list[int]]]) -> list[list[Tensor]]:
-    """Prompt pass with a KV cache, then all options of all prompts in one pass on the repeated cache."""
-    model, dev, pad = lm.model, lm.device, _pad_id(lm)
-    ids, mask = _left_pad(prompts, pad, dev)
-    kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    # The model builds the cache type its config needs (e.g. sliding-window layers).
-    res = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask), use_cache=True, **kw)
-    first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]: next-token after each prompt
+MIN_COMMON_PREFIX = 2  # tokens: below this a separate prefix pass saves nothing
+
+
+def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt of a batch starts with, leaving each at least one token of its own (the position
+    whose logits score the first option token); 0 when that is shorter than :data:`MIN_COMMON_PREFIX` or the
+    batch has a single prompt.
+
+    >>> common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 9, 9]])
+    3
+    """
+    if len(prompts) < 2:
+        return 0
+    k, first = 0, prompts[0]
+    limit = min(len(p) for p in prompts) - 1
+    while k < limit and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return k if k >= MIN_COMMON_PREFIX else 0
+
+
+def prefix_safe(interventions: Sequence[Intervention]) -> bool:
+    """Whether a shared prompt prefix may be computed in its own pass under ``interventions``: the prompt's
+    remainder then runs on a filled KV cache, which hooks that tell prefill from decoding (a
+    :class:`~valuelens.hooks.Steer` with ``positions`` other than ``"all"``) would take for decoding steps."""
+    return all(getattr(iv, "positions", "all") == "all" for iv in interventions)
+
+
+def _cache_of(res: Any) -> Any:
     cache = getattr(res, "cache", None)
     if cache is None:
         cache = getattr(res, "past_key_values", None)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         raise ModelError("this model returns no reusable KV cache; score options with share_prefix=False")
+    return cache
+
+
+def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[list[int]]], *,
+                  common_prefix: bool = True) -> list[list[Tensor]]:
+    """Prompt pass with a KV cache, then all options of all prompts in one pass on the repeated cache.
+
+    ``common_prefix``: the tokens every prompt starts with (the chat template's system turn and user header:
+    24 of 58 tokens for SmolLM2's PVQ items) run once, in a pass of their own, and the prompts' remainders
+    continue from that cache (left padded between prefix and remainder; the attention mask hides the padding).
+    Only for interventions that :func:`prefix_safe` allows."""
+    model, dev, pad = lm.model, lm.device, _pad_id(lm)
+    kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    k = common_prefix_len(prompts) if common_prefix else 0
+    ids, mask = _left_pad([p[k:] for p in prompts], pad, dev)
+    cache_kw: dict[str, Any] = {}
+    if k:
+        pre_mask = torch.ones((1, k), dtype=torch.long, device=dev)
+        res0 = model(input_ids=torch.tensor([prompts[0][:k]], dtype=torch.long, device=dev),
+                     attention_mask=pre_mask, position_ids=left_pad_position_ids(pre_mask), use_cache=True, **kw)
+        pre_cache = _cache_of(res0)
+        pre_cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=dev))
+        cache_kw = {cache_kwarg(model): pre_cache}
+        mask = torch.cat([pre_mask.expand(len(prompts), k), mask], dim=1)
+    # The model builds the cache type its config needs (e.g. sliding-window layers).
+    res = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask)[:, k:], use_cache=True,
+                **cache_kw, **kw)
+    first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]: next-token after each prompt
+    cache = _cache_of(res)
 
     rep = [b for b, opts in enumerate(options) for _ in opts]
     flat = [o for opts in options for o in opts]
