@@ -284,7 +284,7 @@ def estimate(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
     gen_stage = n_full / gen["responses_per_s"] * scale
     # Generation records the response means while decoding when it runs in the capture's precision (the
     # generate stage measured above includes that); only otherwise does the activations stage re-run them.
-    fused = use_bf16(d.gen_bf16) == d.capture_in_bf16()
+    fused = d.fused_capture()
     act_key = "activations (read off the decoding steps: inside generate)" if fused else "activations"
     parts = {
         "generate (at the extract stage's sampled bf16 throughput)": gen_stage,

@@ -204,6 +204,11 @@ class ExtractConfig:
         """The resolved capture precision ("auto" follows the generation's)."""
         return use_bf16(self.gen_bf16) if self.capture_bf16 == "auto" else bool(self.capture_bf16)
 
+    def fused_capture(self) -> bool:
+        """Whether generation also records the response means the activations stage needs (one pass instead of
+        two): when generation and capture run in the same precision (vLLM writes none: those are re-run)."""
+        return use_bf16(self.gen_bf16) == self.capture_in_bf16()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -271,17 +276,11 @@ def _generate(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[int, 
     gcfg = cfg.generation()
     mine = shard_slice(list(range(len(plan_batches(lm, gen_items, gcfg)))), shard)
     generate_to_file(lm, gen_items, _shard_file(run, shard), gcfg, desc=f"generate {shard[0]}/{shard[1]}",
-                     batches=mine, capture_dir=_generated_acts_dir(run) if _fused_capture(cfg) else None)
+                     batches=mine, capture_dir=_generated_acts_dir(run) if cfg.fused_capture() else None)
 
 
 def _generated_acts_dir(run: Path) -> Path:
     return run / "responses" / "acts"
-
-
-def _fused_capture(cfg: ExtractConfig) -> bool:
-    """Whether generation also records the response means the activations stage needs (one pass instead of
-    two): when generation and capture run in the same precision."""
-    return use_bf16(cfg.gen_bf16) == cfg.capture_in_bf16()  # vLLM writes none: those responses are re-run
 
 
 def load_responses(run: Path) -> list[dict[str, Any]]:
@@ -421,7 +420,8 @@ def _activations(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[in
     mine = shard_slice(list(enumerate(chunks)), shard)
     # Response means the generate stage recorded while decoding (same numbers up to float round-off); only
     # responses without one (vLLM, another precision, a regenerated batch) are re-run here.
-    generated = GeneratedActs(_generated_acts_dir(run), lm.model_hash) if _fused_capture(cfg) else None
+    generated = GeneratedActs(_generated_acts_dir(run), lm.model_hash) if cfg.fused_capture() else None
+    bf16 = cfg.capture_in_bf16()
     for ci, chunk in tqdm(mine, desc="activations", unit="chunk", leave=False):
         path = _chunk_path(run, ci)
         ids = [r["id"] for r in chunk]
@@ -429,7 +429,7 @@ def _activations(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[in
             continue  # written by an earlier (interrupted) run
         acts: dict[str, torch.Tensor] = generated.get(chunk) if generated is not None else {}
         missing = [r for r in chunk if r["id"] not in acts]
-        for bid, a in capture_responses(lm, missing, batch_size=cfg.capture_batch_size, bf16=cfg.capture_in_bf16()) \
+        for bid, a in capture_responses(lm, missing, batch_size=cfg.capture_batch_size, bf16=bf16) \
                 if missing else ():
             for i, t in zip(bid, a, strict=True):
                 acts[i] = t
@@ -437,7 +437,7 @@ def _activations(run: Path, cfg: ExtractConfig, lm: LoadedModel, shard: tuple[in
         meta = {"ids": json.dumps(ids), "model_hash": lm.model_hash, "reduction": "mean over response tokens",
                 "layers": json.dumps(list(range(lm.spec.n_layers))),
                 "from_generation": str(len(ids) - len(missing)),
-                "compute_dtype": "bfloat16 autocast" if cfg.capture_in_bf16() else "float32"}
+                "compute_dtype": "bfloat16 autocast" if bf16 else "float32"}
         with atomic_path(path) as tmp:
             save_file({"acts": stacked}, str(tmp), metadata=meta)
     if shard == (0, 1) and generated is not None:  # every chunk written: the side files are duplicates now
