@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from valuelens.detect.calibration import Calibrator
-from valuelens.detect.measure import apply_thresholds, evaluate, tune_thresholds
+from valuelens.detect.measure import apply_thresholds, evaluate, tune_thresholds, weighted_scores
 from valuelens.values import VALUEEVAL_CATEGORIES as CATS
 
 OUT = Path("/tmp/th")
@@ -133,17 +133,10 @@ def boot_valid(preds, base, n_boot=N_BOOT_VALID, seed=0):
     """Paired bootstrap over validation arguments: official macro-F1 of each rule minus the base rule's."""
     rng = np.random.default_rng(seed)
     n = vy.shape[0]
-    g = vy.astype(float)
 
     def mf(pred, w):
-        tp, pp, gp = w @ (vy & pred), w @ pred.astype(float), w @ g
-        prec = np.divide(tp, pp, out=np.zeros_like(tp), where=pp > 0)
-        rec = np.divide(tp, gp, out=np.full_like(tp, np.nan), where=gp > 0)
-        prec = np.where(gp > 0, prec, np.nan)
-        mp, mr = np.nanmean(prec, 1), np.nanmean(rec, 1)
-        f = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(prec), where=(prec + rec) > 0)
-        f = np.where(gp > 0, f, np.nan)
-        return 2 * mp * mr / np.maximum(mp + mr, 1e-12), np.nanmean(f, 1)
+        s = weighted_scores(vy, pred, w)
+        return s["mf"], np.nanmean(s["f"], 1)
 
     res = {k: ([], []) for k in preds}
     for s in range(0, n_boot, 250):

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DataError
 from ..values import VALUEEVAL_CATEGORIES
 
-__all__ = ["Scores", "apply_thresholds", "bootstrap_scores", "evaluate", "tune_thresholds"]
+__all__ = ["Scores", "apply_thresholds", "bootstrap_scores", "evaluate", "tune_thresholds", "weighted_scores"]
 
 
 @dataclass
@@ -154,6 +154,24 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, grid: np.ndarray | None
     return th
 
 
+def weighted_scores(gold: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The official measure under per-argument weights ``[B, N]`` (one row per resample, e.g. multinomial
+    bootstrap counts): ``p``, ``r``, ``f`` per category ``[B, C]`` (NaN where a category has no gold positive,
+    recall and F1 also for precision) and the macro ``mp``, ``mr``, ``mf`` ``[B]``. Counts are ``[B, N] @ [N, C]``
+    (memory B*N floats); use the same weights for several predictions to get paired differences."""
+    g, p = gold.astype(bool), pred.astype(bool)
+    tp, pp, gp = weights @ (g & p).astype(np.float64), weights @ p.astype(np.float64), weights @ g.astype(np.float64)
+    prec = np.divide(tp, pp, out=np.zeros_like(tp), where=pp > 0)
+    rec = np.divide(tp, gp, out=np.full_like(tp, np.nan), where=gp > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    has = gp > 0
+    prec_h = np.where(has, prec, np.nan)
+    f1 = np.where(has, f1, np.nan)
+    mp, mr = np.nanmean(prec_h, axis=1), np.nanmean(rec, axis=1)
+    mf = np.divide(2 * mp * mr, mp + mr, out=np.zeros_like(mp), where=(mp + mr) > 0)
+    return {"p": prec_h, "r": rec, "f": f1, "mp": mp, "mr": mr, "mf": mf}
+
+
 def bootstrap_scores(gold: np.ndarray, pred: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
                      level: float = 0.95, categories: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
     """Percentile bootstrap CIs (arguments resampled with replacement) for the official macro P/R/F1 and for
@@ -168,22 +186,10 @@ def bootstrap_scores(gold: np.ndarray, pred: np.ndarray, *, n_boot: int = 1000, 
     if categories is None:
         categories = VALUEEVAL_CATEGORIES if c == len(VALUEEVAL_CATEGORIES) else [f"c{j}" for j in range(c)]
     rng = np.random.default_rng(seed)
-    # Counts per resample from a multinomial weight per argument: [B, N] @ [N, C] (memory B*N floats).
-    tp_i, pp_i, gp_i = (g & p).astype(np.float64), p.astype(np.float64), g.astype(np.float64)
     stats: dict[str, list[np.ndarray]] = {k: [] for k in ("p", "r", "f", "mp", "mr", "mf")}
     for s in range(0, n_boot, 200):
-        b = min(200, n_boot - s)
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # [b, N]
-        tp, pp, gp = w @ tp_i, w @ pp_i, w @ gp_i
-        prec = np.divide(tp, pp, out=np.zeros_like(tp), where=pp > 0)
-        rec = np.divide(tp, gp, out=np.full_like(tp, np.nan), where=gp > 0)
-        f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
-        has = gp > 0
-        prec_h = np.where(has, prec, np.nan)
-        f1 = np.where(has, f1, np.nan)
-        mp, mr = np.nanmean(prec_h, axis=1), np.nanmean(rec, axis=1)
-        mf = np.divide(2 * mp * mr, mp + mr, out=np.zeros_like(mp), where=(mp + mr) > 0)
-        for k, v in (("p", prec_h), ("r", rec), ("f", f1), ("mp", mp), ("mr", mr), ("mf", mf)):
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(200, n_boot - s)).astype(np.float64)  # [b, N]
+        for k, v in weighted_scores(g, p, w).items():
             stats[k].append(v)
     arr = {k: np.concatenate(v) for k, v in stats.items()}
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
