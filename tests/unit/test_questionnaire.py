@@ -105,6 +105,31 @@ def test_option_logprob_equals_brute_force(lm, share_prefix):
         np.testing.assert_allclose(r.mean, r.sum / n)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_option_tree_equals_padded_pass_and_brute_force(attn, monkeypatch):
+    """Options packed as a token tree in one row per prompt (tree attention mask) give the numbers of the padded
+    one-row-per-option pass (what flash-attention models get) and of brute force, also with options that are
+    prefixes of one another, single-token options, and one prompt's options much longer than another's."""
+    from valuelens.evals import scoring
+
+    lm = make_lm(seed=1)
+    lm.model.set_attn_implementation(attn)
+    assert scoring.tree_mask_ok(lm.model)
+    prompts = _rendered(lm)
+    options = [["Not like me", "Not like me at all", "Not", "Very much like me", "Like me"],
+               ["yes", "no", "yes no maybe"], ["a"]]
+    plan = scoring.OptionPlan([[[5, 6, 2], [5, 6, 7, 8, 2], [5, 2], [9, 2]]], packed=True)
+    assert plan.nodes == [[5, 6, 7, 8, 9]] and plan.parent == [[-1, 0, 1, 2, -1]]
+    assert plan.depth == [[0, 1, 2, 3, 0]]
+    packed = option_logprobs(lm, prompts, options, batch_size=3)
+    monkeypatch.setattr(scoring, "tree_mask_ok", lambda model: False)
+    padded = option_logprobs(lm, prompts, options, batch_size=3)
+    for a, b, p, opts in zip(packed, padded, prompts, options, strict=True):
+        np.testing.assert_allclose(a.sum, b.sum, atol=1e-5)
+        np.testing.assert_array_equal(a.n_tokens, b.n_tokens)
+        np.testing.assert_allclose(a.sum, [brute_force(lm, p, o) for o in opts], atol=1e-4)
+
+
 def test_prefix_option_is_not_favoured_thanks_to_end_of_turn(lm):
     # "Not like me" is a prefix of "Not like me at all": with the end-of-turn token neither dominates by
     # construction, and without it the prefix is always at least as likely.

@@ -24,6 +24,13 @@ How it is computed:
   costs one pass over the prompts plus one over the short option tokens, instead of one full pass per option.
   ``share_prefix=False`` scores every prompt+option sequence in full (the brute-force reference; tests check the
   two agree).
+* **Option tree.** In the option pass a prompt's options are packed into *one* row as a token tree (a trie:
+  options that start alike share those positions — "Not like me" and "Not like me at all" share three), with a
+  tree attention mask (each position sees the prompt and its own ancestors) and position ids by depth. The last
+  token of an option is never fed (nothing is predicted from it). For the six PVQ answers that is 18 positions
+  in one row instead of 6 rows padded to 6 tokens, and the prompt's KV cache is not repeated per option. Used
+  where the attention takes a custom mask (``eager``, ``sdpa``); other attention kernels (flash-attention) get
+  the padded one-row-per-option pass, which gives the same numbers.
 * **Common prefix.** Tokens every prompt of a batch starts with (the chat template's system turn and user
   header) run once per batch in a pass of their own; the prompts continue from that cache. Skipped under
   interventions that tell prefill from decoding (``Steer(positions="prompt"|"generated")``), for which the
@@ -270,10 +277,10 @@ def option_logprobs_conditions(lm: LoadedModel, prompts: Sequence[str | Rendered
                     logits1 = replay_from_layer(model, t1, t1.hidden + d, cache=cache, positions=slice(-1, None),
                                                 spec=lm.spec)
                     first = torch.log_softmax(logits1[:, -1].float(), dim=-1)
-                    rep = [b for b, opts in enumerate(bo) for _ in opts]
-                    cache.batch_select_indices(torch.tensor(rep, dtype=torch.long, device=dev))
+                    plan = OptionPlan(bo, packed=tree_mask_ok(model))  # the layout the traced pass used
+                    plan.select(cache, dev)
                     logits2 = replay_from_layer(model, t2, t2.hidden + d, cache=cache, spec=lm.spec)
-                    out[name] += _to_logprobs(_option_lps(first, logits2, bo, dev, _pad_id(lm)))
+                    out[name] += _to_logprobs(plan.logprobs(first, logits2))
                 else:
                     with apply_interventions(model, ivs, spec=lm.spec):
                         out[name] += _to_logprobs(_score_shared(lm, bp, bo, common_prefix=prefix_safe(ivs)))
@@ -370,39 +377,133 @@ def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[
                 **cache_kw, **kw)
     first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]: next-token after each prompt
     cache = _cache_of(res)
-
-    rep = [b for b, opts in enumerate(options) for _ in opts]
-    flat = [o for opts in options for o in opts]
-    rep_t = torch.tensor(rep, dtype=torch.long, device=dev)
-    cache.batch_select_indices(rep_t)
-    o_ids, o_mask = _right_pad(flat, pad, dev)
-    p_len = mask.sum(dim=1)[rep_t]  # real prompt length per option row
-    pos = p_len[:, None] + torch.arange(o_ids.shape[1], device=dev)[None, :]
-    full_mask = torch.cat([mask[rep_t], o_mask], dim=1)
-    res2 = model(input_ids=o_ids, attention_mask=full_mask, position_ids=pos, use_cache=True,
+    plan = OptionPlan(options, packed=tree_mask_ok(model))
+    ids2, mask2, pos2 = plan.inputs(mask, pad, _mask_dtype(model))
+    plan.select(cache, dev)
+    res2 = model(input_ids=ids2, attention_mask=mask2, position_ids=pos2, use_cache=True,
                  **{cache_kwarg(model): cache})
-    return _option_lps(first, res2.logits, options, dev, pad)
+    return plan.logprobs(first, res2.logits)
 
 
-def _option_lps(first: Tensor, logits2: Tensor, options: list[list[list[int]]], dev: torch.device,
-                pad: int) -> list[list[Tensor]]:
-    """Per option, the log-probabilities of its tokens: the first from ``first [B, V]`` (the prompt pass's last
-    position), the rest from the option pass's ``logits2 [N, To, V]`` (rows = options, prompt-major order)."""
-    rep = [b for b, opts in enumerate(options) for _ in opts]
-    flat = [o for opts in options for o in opts]
-    rep_t = torch.tensor(rep, dtype=torch.long, device=dev)
-    o_ids, _ = _right_pad(flat, pad, dev)
-    # Position j predicts option token j+1; gather the targets and normalise by logsumexp instead of building a
-    # full [N, To, V] log-softmax.
-    logits = logits2[:, :-1].float()
-    nxt = o_ids[:, 1:]
-    lp_rest = logits.gather(-1, nxt[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)  # [N, To-1]
-    lp_first = first[rep_t, o_ids[:, 0]]  # [N]
-    lp = torch.cat([lp_first[:, None], lp_rest], dim=1)
-    out: list[list[Tensor]] = [[] for _ in options]
-    for r, (b, o) in enumerate(zip(rep, flat, strict=True)):
-        out[b].append(_finite(lp[r, : len(o)].cpu()))
-    return out
+def tree_mask_ok(model: Any) -> bool:
+    """Whether ``model``'s attention takes a custom 4-D mask as given (``eager`` and ``sdpa`` do; flash-attention
+    kernels only know padding masks, so they get the padded option pass)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl in ("eager", "sdpa")
+
+
+def _mask_dtype(model: Any) -> torch.dtype:
+    dt = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return dt
+
+
+class OptionPlan:
+    """How the options of a batch of prompts are laid out for the option pass (the prompts' KV cache is
+    already filled), and where each option token's log-probability is read.
+
+    ``packed=True``: one row per prompt holding its options as a token tree (shared starts once, the last token
+    of every option not fed), tree attention mask, position = prompt length + depth. ``packed=False``: one row
+    per option, right padded, on the prompt's cache repeated per option.
+
+    >>> plan = OptionPlan([[[5, 6, 2], [5, 6, 7, 8, 2]]], packed=True)   # "Not like"+EOT, "Not like at all"+EOT
+    >>> plan.nodes[0]                                                       # fed tokens: 5, 6 shared; then 7, 8
+    [5, 6, 7, 8]
+    >>> plan.width, plan.rows
+    (4, 1)
+    """
+
+    def __init__(self, options: list[list[list[int]]], *, packed: bool) -> None:
+        self.options, self.packed = options, packed
+        self.nodes: list[list[int]] = []  # packed: per prompt, the token fed at each tree position
+        self.parent: list[list[int]] = []  # packed: per prompt and position, the parent position (-1: the prompt)
+        self.depth: list[list[int]] = []
+        # per option (prompt-major): (row, column) of the positions whose logits predict tokens 1..n-1
+        self.reads: list[tuple[int, list[int]]] = []
+        if packed:
+            for b, opts in enumerate(options):
+                index: dict[tuple[int, ...], int] = {}
+                toks: list[int] = []
+                par: list[int] = []
+                dep: list[int] = []
+                for o in opts:
+                    cols = []
+                    for k in range(1, len(o)):  # the position holding o[k-1] predicts o[k]
+                        key = tuple(o[:k])
+                        if key not in index:
+                            index[key] = len(toks)
+                            toks.append(o[k - 1])
+                            par.append(index[key[:-1]] if k > 1 else -1)
+                            dep.append(k - 1)
+                        cols.append(index[key])
+                    self.reads.append((b, cols))
+                self.nodes.append(toks)
+                self.parent.append(par)
+                self.depth.append(dep)
+            self.width = max(1, max(len(t) for t in self.nodes))
+            self.rows = len(options)
+        else:
+            flat = [o for opts in options for o in opts]
+            self.reads = [(r, list(range(len(o) - 1))) for r, o in enumerate(flat)]
+            self.width = max(len(o) for o in flat)
+            self.rows = len(flat)
+
+    def select(self, cache: Any, device: torch.device) -> None:
+        """Lay the prompts' KV cache out for the option rows (repeat it per option unless packed)."""
+        if not self.packed:
+            dev = device
+            rep = [b for b, opts in enumerate(self.options) for _ in opts]
+            cache.batch_select_indices(torch.tensor(rep, dtype=torch.long, device=dev))
+
+    def inputs(self, prompt_mask: Tensor, pad: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """``(input_ids [R, W], attention_mask, position_ids [R, W])`` of the option pass; ``prompt_mask
+        [B, Tp]`` is the prompts' (left padded) 2-D mask. Packed: a 4-D additive mask ``[B, 1, W, Tp + W]``."""
+        dev = prompt_mask.device
+        p_len = prompt_mask.sum(dim=1)
+        if not self.packed:
+            rep_t = torch.tensor([b for b, opts in enumerate(self.options) for _ in opts], dtype=torch.long,
+                                 device=dev)
+            o_ids, o_mask = _right_pad([o for opts in self.options for o in opts], pad, dev)
+            pos = p_len[rep_t][:, None] + torch.arange(o_ids.shape[1], device=dev)[None, :]
+            return o_ids, torch.cat([prompt_mask[rep_t], o_mask], dim=1), pos
+        B, W, Tp = len(self.options), self.width, prompt_mask.shape[1]
+        ids = torch.full((B, W), pad, dtype=torch.long)
+        depth = torch.zeros((B, W), dtype=torch.long)
+        seen = torch.zeros((B, W, Tp + W), dtype=torch.bool)
+        seen[:, :, :Tp] = prompt_mask.bool().cpu()[:, None, :]
+        for b, (toks, par, dep) in enumerate(zip(self.nodes, self.parent, self.depth, strict=True)):
+            ids[b, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            depth[b, : len(dep)] = torch.tensor(dep, dtype=torch.long)
+            for i, pa in enumerate(par):  # parents come before children: copy the parent's row, add self
+                if pa >= 0:
+                    seen[b, i, Tp:] = seen[b, pa, Tp:]
+                seen[b, i, Tp + i] = True
+            for i in range(len(toks), W):  # padding positions see only themselves (no empty softmax)
+                seen[b, i, Tp + i] = True
+        add = torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, torch.finfo(dtype).min)
+        return ids.to(dev), add[:, None].to(dev), (p_len.cpu()[:, None] + depth).to(dev)
+
+    def logprobs(self, first: Tensor, logits2: Tensor) -> list[list[Tensor]]:
+        """Per prompt, per option, the log-probabilities of its tokens: the first from ``first [B, V]`` (the
+        prompt pass's last position), the rest from the option pass's ``logits2 [R, W, V]``."""
+        dev = logits2.device
+        flat = [o for opts in self.options for o in opts]
+        owner = [b for b, opts in enumerate(self.options) for _ in opts]
+        rows = [r for (r, cols) in self.reads for _ in cols]
+        cols = [c for (_, cs) in self.reads for c in cs]
+        tgt = [t for o in flat for t in o[1:]]
+        # Gather the needed positions, then normalise by logsumexp (no full [R, W, V] log-softmax).
+        lg = logits2[torch.tensor(rows, dtype=torch.long, device=dev), torch.tensor(cols, dtype=torch.long,
+                                                                                     device=dev)].float()
+        rest = lg.gather(-1, torch.tensor(tgt, dtype=torch.long, device=dev)[:, None])[:, 0] - torch.logsumexp(lg, -1)
+        head = first[torch.tensor(owner, dtype=torch.long, device=dev),
+                     torch.tensor([o[0] for o in flat], dtype=torch.long, device=dev)]
+        out: list[list[Tensor]] = [[] for _ in self.options]
+        at = 0
+        for j, (b, o) in enumerate(zip(owner, flat, strict=True)):
+            n = len(o) - 1
+            out[b].append(_finite(torch.cat([head[j : j + 1], rest[at : at + n]]).cpu()))
+            at += n
+        return out
 
 
 def _score_full(lm: LoadedModel, prompts: list[list[int]], options: list[list[list[int]]]) -> list[list[Tensor]]:
