@@ -166,6 +166,38 @@ def test_presets_resolve_and_ensure_preset_trains_once(tiny_encoder: str, tmp_pa
     assert (folder / "head.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_preset_with_several_members_shares_the_held_out_split(tiny_encoder: str, splits: tuple, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``members=2``: two seeds of the recipe on one held-out split, averaged (+ TF-IDF for ``best``); the
+    ensemble's probabilities are the weighted mean of its members'; a rerun resumes to the same detector."""
+    from valuelens.detect.finetune import EnsembleDetector
+    from valuelens.detect.presets import PRESETS, train_preset
+
+    train, valid = splits
+    small = {"encoder": tiny_encoder, "epochs": 1, "max_len": 48, "heldout_frac": 0.25, "aux_heads": ""}
+    monkeypatch.setitem(PRESETS, "best", replace(PRESETS["best"], config=replace(PRESETS["best"].config, **small)))
+    res = train_preset("best", train, valid, tmp_path / "run", bf16=False, members=2, progress=False)
+    assert res.model_dir == tmp_path / "run" / "ensemble"
+    ens = load_detector(res.model_dir)
+    assert isinstance(ens, EnsembleDetector) and len(ens.members) == 3  # two seeds + TF-IDF
+    seeds = [json.loads((d / "train_config.json").read_text()) for d in (tmp_path / "run",
+                                                                        tmp_path / "run/members/seed1")]
+    assert [c["seed"] for c in seeds] == [0, 1] and {c["heldout_seed"] for c in seeds} == {0}
+    a, b = (ValueDetector.from_pretrained(d) for d in (tmp_path / "run/model", tmp_path / "run/members/seed1/model"))
+    texts = valid.texts()[:8]
+    pa, pb = a.predict_proba(texts), b.predict_proba(texts)
+    assert not np.allclose(pa, pb)  # different seeds, different members
+    w = ens.weights
+    assert w[0] == pytest.approx(w[1])
+    mixed = w[0] * pa + w[1] * pb + w[2] * ens.members[2].predict_proba(texts)
+    np.testing.assert_allclose(ens.predict_proba(texts), mixed, atol=1e-5)
+    assert "f1" in res.scores and "member_scores" in res.scores
+    again = train_preset("best", train, None, tmp_path / "run", bf16=False, members=2, progress=False)
+    np.testing.assert_array_equal(load_detector(again.model_dir).predict_proba(texts), ens.predict_proba(texts))
+    with pytest.raises(ConfigError, match="members"):
+        train_preset("best", train, None, tmp_path / "x", bf16=False, members=0)
+
+
 def test_evaluate_any_labelled_file_and_calibrated_judge(tiny_encoder: str, splits: tuple, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from valuelens.cli import main

@@ -97,6 +97,9 @@ def _train_options(f: Any) -> Any:
               help="split scored at the end (e.g. test: scored if labels-test.tsv exists, else an official run "
                    "file OUT/run-test.tsv is written)")
 @click.option("--no-eval", is_flag=True, help="score no split at the end (held-out thresholds only)")
+@click.option("--members", type=click.IntRange(min=1), default=None,
+              help="with --preset: neural members (seeds --seed, --seed+1, … on one held-out split), averaged "
+                   "(default: the preset's)")
 @click.option("--prompt-len", type=int, default=0, help="soft-prompt tokens (prompt tuning; use with --train-layers 0)")
 @click.option("--template", default=None, help='hard template, e.g. "{text} The value behind this is {mask}."')
 @click.option("--pooling", type=click.Choice(["mean", "cls", "mask"]), default="mean", show_default=True)
@@ -107,7 +110,8 @@ def _train_options(f: Any) -> Any:
               help="combine each category with its value's head (weight chosen on the held-out part)")
 @click.option("--calibration", type=click.Choice(["platt", "temperature", "isotonic", "none"]), default="platt",
               show_default=True, help="probability calibration fitted on the held-out part")
-def train_cmd(data: str | None, out: str, eval_split: str, no_eval: bool, preset: str | None, **kw: Any) -> None:
+def train_cmd(data: str | None, out: str, eval_split: str, no_eval: bool, preset: str | None,
+              members: int | None, **kw: Any) -> None:
     """Fine-tune an encoder (or prompt-tune a frozen one) on the training split; resumable."""
     from click.core import ParameterSource
 
@@ -127,9 +131,11 @@ def train_cmd(data: str | None, out: str, eval_split: str, no_eval: bool, preset
         bf16 = given.pop("bf16", "auto")
         if "level1" in PRESETS[preset].config.aux_names() and train.level1 is None:
             train = load_split(folder, "training", level1=True)
-        pres = train_preset(preset, train, valid, out, bf16=bf16, log=_echo, **given)
+        pres = train_preset(preset, train, valid, out, bf16=bf16, log=_echo, members=members, **given)
         s, model_dir, minutes = pres.scores, pres.model_dir, pres.train_seconds / 60
     else:
+        if members is not None:
+            raise click.UsageError("--members needs --preset (several seeds of one recipe, averaged)")
         res = train_detector(train, valid, TrainConfig(**kw), out, log=_echo)
         s, model_dir, minutes = res.scores, Path(out) / "model", res.train_seconds / 60
     if "f1" in s:

@@ -50,6 +50,7 @@ class Preset:
     config: TrainConfig
     cache_name: str
     tfidf: bool = False
+    members: int = 1  # neural members: seeds seed, seed+1, … on one shared held-out split, averaged
 
 
 PRESETS: dict[str, Preset] = {
@@ -111,10 +112,12 @@ class PresetResult:
 
 def train_preset(name: str, train: ValueEvalSplit, valid: ValueEvalSplit | None, out: str | os.PathLike[str], *,
                  bf16: bool | str | None = "auto", log: Callable[[str], None] | None = None, progress: bool = True,
-                 **overrides: Any) -> PresetResult:
+                 members: int | None = None, **overrides: Any) -> PresetResult:
     """Train preset ``name`` into ``out`` (resumable like :func:`~.finetune.train_detector`).
 
-    The detector folder is ``out/model`` (single model) or ``out/ensemble`` (``best``: model + TF-IDF).
+    The detector folder is ``out/model`` (one model) or ``out/ensemble`` (several members or a TF-IDF member).
+    ``members`` (default: the preset's): neural members trained with seeds ``seed``, ``seed + 1``, … on the
+    same held-out split (member ``i > 0`` in ``out/members/seed<seed+i>``), averaged with equal weights.
     ``valid=None`` trains without touching any evaluation split (what :func:`ensure_preset` does).
     """
     from .finetune import build_ensemble, train_detector
@@ -122,21 +125,32 @@ def train_preset(name: str, train: ValueEvalSplit, valid: ValueEvalSplit | None,
     preset = PRESETS.get(name)
     if preset is None:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    n_members = preset.members if members is None else members
+    if n_members < 1:
+        raise ConfigError(f"members must be >= 1, got {n_members}")
     cfg = preset_config(name, bf16=bf16, **overrides)
+    if n_members > 1 and cfg.heldout_seed is None:  # every member holds out the same conclusions
+        cfg = replace(cfg, heldout_seed=cfg.seed)
     out = Path(out).expanduser()
     t0 = time.time()
+    say = log or (lambda s: None)
     res = train_detector(train, valid, cfg, out, log=log, progress=progress)
     eval_s = (len(valid) / res.scores["inference_per_second"]) if valid is not None and \
         res.scores.get("inference_per_second") else 0.0
     model_dir = out / "model"
     scores = res.scores
-    if preset.tfidf:
+    dirs = [model_dir]
+    for i in range(1, n_members):
+        sub = out / "members" / f"seed{cfg.seed + i}"
+        say(f"member {i + 1}/{n_members}: seed {cfg.seed + i} into {sub}")
+        train_detector(train, None, replace(cfg, seed=cfg.seed + i), sub, log=log, progress=progress)
+        dirs.append(sub / "model")
+    if preset.tfidf or n_members > 1:
         t1 = time.time()
-        _, ens_scores = build_ensemble([model_dir], train, valid, out / "ensemble", bf16=cfg.bf16, tfidf=True,
+        _, ens_scores = build_ensemble(dirs, train, valid, out / "ensemble", bf16=cfg.bf16, tfidf=preset.tfidf,
                                        calibration=cfg.calibration)
         eval_s += float(ens_scores.pop("eval_seconds", 0.0))
-        say = log or (lambda s: None)
-        say(f"TF-IDF member and ensemble: {time.time() - t1:.0f} s")
+        say(f"ensemble{' and TF-IDF member' if preset.tfidf else ''}: {time.time() - t1:.0f} s")
         model_dir = out / "ensemble"
         scores = {**ens_scores, "member_scores": res.scores}
     total = time.time() - t0 - eval_s
