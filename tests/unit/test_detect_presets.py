@@ -145,6 +145,7 @@ def test_presets_resolve_and_ensure_preset_trains_once(tiny_encoder: str, tmp_pa
     assert fast.bf16 == native_bf16()  # "auto": never emulated bf16
     best = preset_config("best", bf16=False)
     assert best.encoder == "mpnet" and PRESETS["best"].tfidf and best.threshold_source == "heldout"
+    assert PRESETS["best"].members == 2 and best.hierarchy and best.aux_names() == ["values", "level1"]
     pipe = preset_config("pipeline", bf16=False)
     assert pipe.length_buckets and not pipe.eval_each_epoch and pipe.calibration != "none"
     assert preset_config("pipeline", bf16=False, epochs=1).epochs == 1
@@ -174,12 +175,17 @@ def test_preset_with_several_members_shares_the_held_out_split(tiny_encoder: str
     from valuelens.detect.presets import PRESETS, train_preset
 
     train, valid = splits
-    small = {"encoder": tiny_encoder, "epochs": 1, "max_len": 48, "heldout_frac": 0.25, "aux_heads": ""}
+    small = {"encoder": tiny_encoder, "epochs": 1, "max_len": 48, "heldout_frac": 0.25, "aux_heads": "",
+             "hierarchy": False}
     monkeypatch.setitem(PRESETS, "best", replace(PRESETS["best"], config=replace(PRESETS["best"].config, **small)))
     res = train_preset("best", train, valid, tmp_path / "run", bf16=False, members=2, progress=False)
     assert res.model_dir == tmp_path / "run" / "ensemble"
     ens = load_detector(res.model_dir)
-    assert isinstance(ens, EnsembleDetector) and len(ens.members) == 3  # two seeds + TF-IDF
+    tf = json.loads((res.model_dir / "detector.json").read_text())["info"]["tfidf"]
+    assert set(tf["heldout_f1_by_weight"]) == {"0", "0.1", "0.2", "0.3", "0.4", "0.5"}
+    n_tf = int(tf["weight"] > 0)  # weight 0 (chosen on the held-out part): the TF-IDF member is left out
+    assert tf["heldout_f1_by_weight"][f"{tf['weight']:g}"] == max(tf["heldout_f1_by_weight"].values())
+    assert isinstance(ens, EnsembleDetector) and len(ens.members) == 2 + n_tf  # two seeds (+ TF-IDF)
     seeds = [json.loads((d / "train_config.json").read_text()) for d in (tmp_path / "run",
                                                                         tmp_path / "run/members/seed1")]
     assert [c["seed"] for c in seeds] == [0, 1] and {c["heldout_seed"] for c in seeds} == {0}
@@ -189,7 +195,7 @@ def test_preset_with_several_members_shares_the_held_out_split(tiny_encoder: str
     assert not np.allclose(pa, pb)  # different seeds, different members
     w = ens.weights
     assert w[0] == pytest.approx(w[1])
-    mixed = w[0] * pa + w[1] * pb + w[2] * ens.members[2].predict_proba(texts)
+    mixed = w[0] * pa + w[1] * pb + (w[2] * ens.members[2].predict_proba(texts) if n_tf else 0)
     np.testing.assert_allclose(ens.predict_proba(texts), mixed, atol=1e-5)
     assert "f1" in res.scores and "member_scores" in res.scores
     again = train_preset("best", train, None, tmp_path / "run", bf16=False, members=2, progress=False)

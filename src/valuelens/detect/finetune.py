@@ -1071,14 +1071,15 @@ def load_detector(folder: str | os.PathLike[str]) -> ValueDetector | EnsembleDet
 
 def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEvalSplit,
                    valid: ValueEvalSplit | None, out: str | os.PathLike[str], *, bf16: bool = False,
-                   tfidf: bool = False, tfidf_weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
+                   tfidf: bool = False, tfidf_weights: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
                    calibration: str = "platt") -> tuple[EnsembleDetector, dict[str, Any]]:
     """Average trained detectors; tune thresholds on the members' shared held-out training part.
 
     All members must have been trained with ``threshold_source=heldout`` and the same seed, held-out
     fraction and ``max_train`` (so they share the held-out arguments, none of which any member trained on).
     ``tfidf``: also fit a TF-IDF + logistic-regression member on the same training part; its weight is the
-    one of ``tfidf_weights`` with the best held-out macro-F1 (validation is never used for choices).
+    one of ``tfidf_weights`` with the best held-out macro-F1 (validation is never used for choices); at weight 0
+    (ties go to the smaller weight) the TF-IDF member is left out.
     ``calibration``: per-category calibration fitted on the held-out part (``none`` to skip). ``valid``
     (labelled) is scored at the end; ``None`` skips scoring. The returned scores hold ``eval_seconds``, the
     time spent on ``valid``.
@@ -1114,11 +1115,14 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
             p = (1 - w) * pn + w * pt
             return evaluate(dev.labels, apply_thresholds(p, tune_thresholds(p, dev.labels))).f1
 
-        w_best = max(tfidf_weights, key=dev_f1)
-        # Neural members share (1 - w) equally; the TF-IDF member gets w.
-        weights = [(1 - w_best) / len(members)] * len(members) + [w_best]
-        all_members.append(tf)
-        dirs.append(None)
+        tried = {float(w): dev_f1(w) for w in sorted(tfidf_weights)}
+        w_best = max(tried, key=lambda w: tried[w])  # the first (smallest) of equal scores
+        tfidf_info = {"weight": w_best, "heldout_f1_by_weight": {f"{w:g}": round(f, 4) for w, f in tried.items()}}
+        if w_best > 0:
+            # Neural members share (1 - w) equally; the TF-IDF member gets w.
+            weights = [(1 - w_best) / len(members)] * len(members) + [w_best]
+            all_members.append(tf)
+            dirs.append(None)
     ens = EnsembleDetector(all_members, weights=weights)
     dev_probs = ens.predict_proba(dev.texts(), bf16=bf16)
     ens.thresholds = tune_thresholds(dev_probs, dev.labels)
@@ -1144,8 +1148,10 @@ def build_ensemble(model_dirs: Sequence[str | os.PathLike[str]], train: ValueEva
         if ens.calibrator is not None:
             scores["calibration"] = calibration_report(probs, valid.labels, ens.calibrator)
     eval_seconds = time.time() - t_eval
-    ens.info = {"members": [str(d) for d in model_dirs] + (["tfidf"] if tfidf else []),
+    ens.info = {"members": [str(d) for d in model_dirs] + (["tfidf"] if len(all_members) > len(members) else []),
                 "weights": ens.weights.tolist(), "scores": scores}
+    if tfidf:
+        ens.info["tfidf"] = tfidf_info
     ens.save_pretrained(out, member_dirs=dirs, threshold_info={
         "source": "heldout", "tuned_on": f"{len(dev)} held-out training arguments (whole conclusions)"})
     return ens, {**scores, "eval_seconds": eval_seconds}
