@@ -67,7 +67,10 @@ class CommonConfig:
 
     layer: int | None = None  # analysis layer; default: the layer chosen by extract
     seed: int = 0
-    batch_size: int = 8  # forward passes that score items and options
+    # Prompts per forward pass when scoring items and options (and held-out windows). 32 scores the 30 PVQ items
+    # of a condition in one batch: 1.4x faster than 8 on 2 CPU cores (one common-prefix pass, larger matrix
+    # products). Lower it for large vocabularies on small GPUs (the option pass holds [B, 18, vocab] logits).
+    batch_size: int = 32
     gen_batch_size: int = 48  # free-form generation (steering, compliance)
     gen_bf16: bool | str = "auto"  # bf16 autocast for free-form generation where native (valuelens.precision)
 

@@ -48,7 +48,7 @@ PARTS = ("planted", "judge", "ceiling", "organism")
 class CalibrateConfig:
     layer: int | None = None  # default: the layer chosen by extract
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 32  # prompts per scoring pass (as analyze's batch_size)
     parts: list[str] = field(default_factory=lambda: list(PARTS))
     # Planted direction
     # Relative to the layer's mean residual norm. The headline plant is ~2x the model's own value vectors
