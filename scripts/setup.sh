@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+# --no-compile: pip would byte-compile every module of every package (ray, lm-eval, torch: most of the
+# install time); Python compiles the modules a program imports on first import instead.
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q --no-compile)
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first, pinned: anything that depends on torch must find it installed, or pip would resolve the newest

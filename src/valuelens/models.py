@@ -693,9 +693,15 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool, device: torch
     cdir = cache_dir() / "models" / digest[:24]
     marker = cdir / "valuelens-cache.json"
     if check_memory and device_map is None:
-        # float32 bytes: the cached safetensors copy's size (instant), else the GGUF's tensor shapes (seconds).
-        fp32 = (sum(f.stat().st_size for f in cdir.glob("*.safetensors")) if marker.is_file()
-                else _gguf_weight_bytes(path))
+        # float32 bytes: the cached safetensors copy's size (instant), else the GGUF's tensor shapes (parsing the
+        # file takes seconds: skipped when even 16x the file — 2-bit weights dequantised — fits).
+        if marker.is_file():
+            fp32 = sum(f.stat().st_size for f in cdir.glob("*.safetensors"))
+        else:
+            fp32 = path.stat().st_size * 16
+            free = available_memory(device)
+            if free is not None and fp32 // 4 * torch.empty((), dtype=dtype).element_size() * _MEMORY_HEADROOM > free:
+                fp32 = _gguf_weight_bytes(path)
         _check_fits(path.name, fp32 // 4 * torch.empty((), dtype=dtype).element_size(), device, dtype)
     offload = cache_dir() / "offload" / digest[:24]
     if use_cache and marker.is_file():

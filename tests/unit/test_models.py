@@ -117,6 +117,29 @@ def test_missing_and_corrupt_gguf(tmp_path, monkeypatch):
         load_model("smollm2", dtype="float8")
 
 
+def test_gguf_memory_check_parses_the_file_only_when_its_bound_does_not_fit(tmp_path, monkeypatch):
+    """The fresh-cache memory check bounds a GGUF's float32 size by 16x the file; only when that bound does not
+    fit is the file parsed for the exact size (seconds), which then decides, in one line."""
+    import valuelens.models as m
+
+    monkeypatch.setenv("VALUELENS_CACHE", str(tmp_path / "cache"))
+    calls: list[object] = []
+    real = m._gguf_weight_bytes
+    monkeypatch.setattr(m, "_gguf_weight_bytes", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(m, "available_memory", lambda device: 10 * 1024 ** 2)
+    with pytest.raises(ModelError, match=r"needs about 0\.5 GiB .* has 0\.0 GiB free"):
+        load_model("smollm2", device="cpu")
+    assert len(calls) == 1
+    # Plenty of memory: no parse (the load itself is stopped right after the check).
+    import transformers
+
+    monkeypatch.setattr(m, "available_memory", lambda device: 1024 ** 4)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: 1 / 0)
+    with pytest.raises(ModelError, match=r"could not load GGUF .*ZeroDivisionError"):
+        load_model("smollm2", device="cpu")
+    assert len(calls) == 1
+
+
 def test_assemble_parts_verifies_sha256(tmp_path):
     parts = []
     for i, payload in enumerate([b"hello ", b"world"]):
