@@ -115,6 +115,9 @@ def test_option_tree_equals_padded_pass_and_brute_force(attn, monkeypatch):
     lm = make_lm(seed=1)
     lm.model.set_attn_implementation(attn)
     assert scoring.tree_mask_ok(lm.model)
+    lm.model.config.sliding_window = 8  # a custom mask would replace the window: only sequences within it
+    assert scoring.tree_mask_ok(lm.model, 8) and not scoring.tree_mask_ok(lm.model, 9)
+    lm.model.config.sliding_window = None
     prompts = _rendered(lm)
     options = [["Not like me", "Not like me at all", "Not", "Very much like me", "Like me"],
                ["yes", "no", "yes no maybe"], ["a"]]
@@ -122,7 +125,7 @@ def test_option_tree_equals_padded_pass_and_brute_force(attn, monkeypatch):
     assert plan.nodes == [[5, 6, 7, 8, 9]] and plan.parent == [[-1, 0, 1, 2, -1]]
     assert plan.depth == [[0, 1, 2, 3, 0]]
     packed = option_logprobs(lm, prompts, options, batch_size=3)
-    monkeypatch.setattr(scoring, "tree_mask_ok", lambda model: False)
+    monkeypatch.setattr(scoring, "tree_mask_ok", lambda model, length=0: False)
     padded = option_logprobs(lm, prompts, options, batch_size=3)
     for a, b, p, opts in zip(packed, padded, prompts, options, strict=True):
         np.testing.assert_allclose(a.sum, b.sum, atol=1e-5)

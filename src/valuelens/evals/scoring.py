@@ -277,7 +277,7 @@ def option_logprobs_conditions(lm: LoadedModel, prompts: Sequence[str | Rendered
                     logits1 = replay_from_layer(model, t1, t1.hidden + d, cache=cache, positions=slice(-1, None),
                                                 spec=lm.spec)
                     first = torch.log_softmax(logits1[:, -1].float(), dim=-1)
-                    plan = OptionPlan(bo, packed=tree_mask_ok(model))  # the layout the traced pass used
+                    plan = OptionPlan(bo, packed=tree_mask_ok(model, _span(bp, bo)))  # as the traced pass
                     plan.select(cache, dev)
                     logits2 = replay_from_layer(model, t2, t2.hidden + d, cache=cache, spec=lm.spec)
                     out[name] += _to_logprobs(plan.logprobs(first, logits2))
@@ -378,7 +378,7 @@ def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[
                 **cache_kw, **kw)
     first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]: next-token after each prompt
     cache = _cache_of(res)
-    plan = OptionPlan(options, packed=tree_mask_ok(model))
+    plan = OptionPlan(options, packed=tree_mask_ok(model, _span(prompts, options)))
     ids2, mask2, pos2 = plan.inputs(mask, pad, _mask_dtype(model))
     plan.select(cache, dev)
     res2 = model(input_ids=ids2, attention_mask=mask2, position_ids=pos2, use_cache=True,
@@ -386,11 +386,20 @@ def _score_shared(lm: LoadedModel, prompts: list[list[int]], options: list[list[
     return plan.logprobs(first, res2.logits)
 
 
-def tree_mask_ok(model: Any) -> bool:
+def tree_mask_ok(model: Any, length: int = 0) -> bool:
     """Whether ``model``'s attention takes a custom 4-D mask as given (``eager`` and ``sdpa`` do; flash-attention
-    kernels only know padding masks, so they get the padded option pass)."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return impl in ("eager", "sdpa")
+    kernels only know padding masks, so they get the padded option pass), for sequences of ``length`` tokens: a
+    custom mask replaces a sliding window's, so models with one (Mistral, Gemma 2/3) qualify only up to it."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return False
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    return not (isinstance(window, int) and length > window)
+
+
+def _span(prompts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]]) -> int:
+    """Longest prompt + longest option: the most tokens any option position can see."""
+    return max(len(p) for p in prompts) + max(len(o) for opts in options for o in opts)
 
 
 def _mask_dtype(model: Any) -> torch.dtype:
