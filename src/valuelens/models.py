@@ -28,7 +28,7 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -713,8 +713,9 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool, device: torch
         except Exception as exc:  # a damaged cache is rebuilt, not fatal
             print(f"valuelens: rebuilding damaged model cache {cdir} ({type(exc).__name__})")
     try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with _quiet_gguf_conversion():
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:
         raise ModelError(f"could not load GGUF {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if use_cache:
@@ -748,6 +749,26 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool, device: torch
     elif device.type != "cpu":
         model = model.to(device)
     return model, tok, digest, "gguf"
+
+
+@contextlib.contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """Without transformers' per-tensor dequantisation bar (plain tqdm, which its logging switches do not reach):
+    in a non-terminal log it is one line of many kilobytes."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except Exception:  # never fail on cosmetics
+        yield
+        return
+    old = getattr(gguf_utils, "tqdm", None)
+    if old is None:
+        yield
+        return
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = old
 
 
 def _placement_kwargs(device: torch.device, device_map: str | dict[str, Any] | None,

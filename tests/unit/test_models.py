@@ -154,3 +154,17 @@ def test_assemble_parts_verifies_sha256(tmp_path):
     assert not (tmp_path / "bad.bin").exists()
     with pytest.raises(ModelError, match="expected 12"):
         assemble_parts(parts, tmp_path / "bad2.bin", sha256=good, size=12)
+
+
+def test_gguf_conversion_bar_is_silenced_and_restored():
+    """transformers' per-tensor GGUF dequantisation bar is plain tqdm (its logging switches miss it): one line of
+    kilobytes in a non-terminal log of a fresh machine's first run. Silenced only while a GGUF loads."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from valuelens.models import _quiet_gguf_conversion
+
+    before = gguf_utils.tqdm
+    with _quiet_gguf_conversion():
+        items = [1, 2, 3]
+        assert gguf_utils.tqdm(items, desc="Converting") is items
+    assert gguf_utils.tqdm is before
