@@ -62,7 +62,8 @@ class Estimate:
             per = f" on {self.workers} workers" if self.workers > 1 else ""
             lines.append(
                 f"estimate on {self.device} ({self.dtype}){per}: generate ≤ {_hms(self.generate_s)}, activations "
-                + (f"~{_hms(self.capture_s)}" if self.capture_s else "read off the decoding steps") + f", extract ≤ {_hms(self.generate_s + self.capture_s)} (warm-up: prefill "
+                + (f"~{_hms(self.capture_s)}" if self.capture_s else "read off the decoding steps")
+                + f", extract ≤ {_hms(self.generate_s + self.capture_s)} (warm-up: prefill "
                 f"{w['prefill_s']:.2f} s and {w['step_s'] * 1000:.0f} ms per decoding step for a batch of "
                 f"{int(w['batch'])}, capture {w['capture_s_per_response'] * 1000:.0f} ms per response; judging "
                 "and analysis not included)")

@@ -578,11 +578,17 @@ def _gguf_weight_bytes(path: Path) -> int:
         raise ModelError(f"could not load GGUF {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
+def _fits(need: int, device: torch.device) -> bool:
+    """Whether ``need`` bytes of weights (+ headroom) fit in what ``device`` has free (True when unknown)."""
+    free = available_memory(device)
+    return free is None or need * _MEMORY_HEADROOM <= free
+
+
 def _check_fits(name: str, need: int, device: torch.device, dtype: torch.dtype) -> None:
     """One-line error when ``need`` bytes of weights (+ headroom) exceed what ``device`` has free."""
-    free = available_memory(device)
-    if free is None or need * _MEMORY_HEADROOM <= free:
+    if _fits(need, device):
         return
+    free = available_memory(device) or 0
     gib = 1024 ** 3
     where = "host memory" if device.type == "cpu" else str(device)
     raise ModelError(
@@ -695,14 +701,14 @@ def _load_gguf(path: Path, *, dtype: torch.dtype, use_cache: bool, device: torch
     if check_memory and device_map is None:
         # float32 bytes: the cached safetensors copy's size (instant), else the GGUF's tensor shapes (parsing the
         # file takes seconds: skipped when even 16x the file — 2-bit weights dequantised — fits).
+        per_weight = torch.empty((), dtype=dtype).element_size()
         if marker.is_file():
             fp32 = sum(f.stat().st_size for f in cdir.glob("*.safetensors"))
         else:
             fp32 = path.stat().st_size * 16
-            free = available_memory(device)
-            if free is not None and fp32 // 4 * torch.empty((), dtype=dtype).element_size() * _MEMORY_HEADROOM > free:
+            if not _fits(fp32 // 4 * per_weight, device):
                 fp32 = _gguf_weight_bytes(path)
-        _check_fits(path.name, fp32 // 4 * torch.empty((), dtype=dtype).element_size(), device, dtype)
+        _check_fits(path.name, fp32 // 4 * per_weight, device, dtype)
     offload = cache_dir() / "offload" / digest[:24]
     if use_cache and marker.is_file():
         try:

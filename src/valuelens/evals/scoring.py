@@ -262,6 +262,7 @@ def option_logprobs_conditions(lm: LoadedModel, prompts: Sequence[str | Rendered
             with contextlib.ExitStack() as stack:
                 traces = {layer: stack.enter_context(trace_from_layer(model, layer, spec=lm.spec)) for layer in layers}
                 base = _score_shared(lm, bp, bo) if (layers or any(not ivs for ivs in conditions.values())) else None
+            plan = OptionPlan(bo, packed=tree_mask_ok(model, _span(bp, bo)))  # the traced option pass's layout
             for name, ivs in conditions.items():
                 if not ivs and base is not None:
                     out[name] += _to_logprobs(base)
@@ -277,7 +278,6 @@ def option_logprobs_conditions(lm: LoadedModel, prompts: Sequence[str | Rendered
                     logits1 = replay_from_layer(model, t1, t1.hidden + d, cache=cache, positions=slice(-1, None),
                                                 spec=lm.spec)
                     first = torch.log_softmax(logits1[:, -1].float(), dim=-1)
-                    plan = OptionPlan(bo, packed=tree_mask_ok(model, _span(bp, bo)))  # as the traced pass
                     plan.select(cache, dev)
                     logits2 = replay_from_layer(model, t2, t2.hidden + d, cache=cache, spec=lm.spec)
                     out[name] += _to_logprobs(plan.logprobs(first, logits2))
@@ -403,8 +403,7 @@ def _span(prompts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[
 
 
 def _mask_dtype(model: Any) -> torch.dtype:
-    dt = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return dt
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 class OptionPlan:
@@ -418,12 +417,13 @@ class OptionPlan:
     >>> plan = OptionPlan([[[5, 6, 2], [5, 6, 7, 8, 2]]], packed=True)   # "Not like"+EOT, "Not like at all"+EOT
     >>> plan.nodes[0]                                                       # fed tokens: 5, 6 shared; then 7, 8
     [5, 6, 7, 8]
-    >>> plan.width, plan.rows
-    (4, 1)
+    >>> plan.width
+    4
     """
 
     def __init__(self, options: list[list[list[int]]], *, packed: bool) -> None:
         self.options, self.packed = options, packed
+        self.owner = [b for b, opts in enumerate(options) for _ in opts]  # per option (prompt-major): its prompt
         self.nodes: list[list[int]] = []  # packed: per prompt, the token fed at each tree position
         self.parent: list[list[int]] = []  # packed: per prompt and position, the parent position (-1: the prompt)
         self.depth: list[list[int]] = []
@@ -450,19 +450,15 @@ class OptionPlan:
                 self.parent.append(par)
                 self.depth.append(dep)
             self.width = max(1, max(len(t) for t in self.nodes))
-            self.rows = len(options)
         else:
             flat = [o for opts in options for o in opts]
             self.reads = [(r, list(range(len(o) - 1))) for r, o in enumerate(flat)]
             self.width = max(len(o) for o in flat)
-            self.rows = len(flat)
 
     def select(self, cache: Any, device: torch.device) -> None:
         """Lay the prompts' KV cache out for the option rows (repeat it per option unless packed)."""
         if not self.packed:
-            dev = device
-            rep = [b for b, opts in enumerate(self.options) for _ in opts]
-            cache.batch_select_indices(torch.tensor(rep, dtype=torch.long, device=dev))
+            cache.batch_select_indices(torch.tensor(self.owner, dtype=torch.long, device=device))
 
     def inputs(self, prompt_mask: Tensor, pad: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """``(input_ids [R, W], attention_mask, position_ids [R, W])`` of the option pass; ``prompt_mask
@@ -470,8 +466,7 @@ class OptionPlan:
         dev = prompt_mask.device
         p_len = prompt_mask.sum(dim=1)
         if not self.packed:
-            rep_t = torch.tensor([b for b, opts in enumerate(self.options) for _ in opts], dtype=torch.long,
-                                 device=dev)
+            rep_t = torch.tensor(self.owner, dtype=torch.long, device=dev)
             o_ids, o_mask = _right_pad([o for opts in self.options for o in opts], pad, dev)
             pos = p_len[rep_t][:, None] + torch.arange(o_ids.shape[1], device=dev)[None, :]
             return o_ids, torch.cat([prompt_mask[rep_t], o_mask], dim=1), pos
@@ -497,7 +492,7 @@ class OptionPlan:
         prompt pass's last position), the rest from the option pass's ``logits2 [R, W, V]``."""
         dev = logits2.device
         flat = [o for opts in self.options for o in opts]
-        owner = [b for b, opts in enumerate(self.options) for _ in opts]
+        owner = self.owner
         rows = [r for (r, cols) in self.reads for _ in cols]
         cols = [c for (_, cs) in self.reads for c in cs]
         tgt = [t for o in flat for t in o[1:]]
