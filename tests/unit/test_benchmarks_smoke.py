@@ -51,3 +51,13 @@ def test_bench_hooks_tiny_with_peers(capsys, load_benchmark):
     # all three steering implementations produce the same greedy tokens in fp32
     assert gen[("nnsight steering", "fp32")]["same_tokens_as_valuelens"]
     assert gen[("TransformerLens steering", "fp32")]["same_tokens_as_valuelens"]
+
+
+def test_bench_scoring_tiny(tmp_path, capsys, load_benchmark):
+    bench = load_benchmark("bench_scoring")
+    res = bench.main(["--tiny", "--repeats", "1", "--json", str(tmp_path / "s.json")])
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"padded, batch 8", "tree, batch 8", "tree, batch 32"}
+    assert all(r["max_abs_diff"] < 1e-4 for r in rows.values())  # the layouts agree
+    assert rows["padded, batch 8"]["ratio_vs_padded8"] == 1.0
+    assert "ratio vs padded/8" in capsys.readouterr().out
